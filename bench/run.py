@@ -75,7 +75,7 @@ def timed_generation(steps: Callable[[], object], prompt_len: int, gen: int) -> 
 def qwen_edge_runner(model_dir: Path) -> tuple[Runner, str]:
     import mlx.core as mx
 
-    from qwen_edge import load, stream_generate
+    from qwen_edge import backend, load, stream_generate
     from qwen_edge.tokenizer import Tokenizer
 
     model, tokenizer = load(model_dir)
@@ -90,7 +90,9 @@ def qwen_edge_runner(model_dir: Path) -> tuple[Runner, str]:
         result.peak_memory_gb = mx.get_peak_memory() / 1e9
         return result
 
-    return run, f"weights {model.weight_layout}, {mx.default_device()}"
+    dtype = str(model.model.norm.weight.dtype).removeprefix("mlx.core.")
+    blas = backend.fast_blas or "bundled BLAS"
+    return run, f"weights {model.weight_layout} {dtype}, {mx.default_device()}, {blas}"
 
 
 def mlx_lm_runner(model_dir: Path) -> tuple[Runner, str]:
@@ -223,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"skipping {name}: {error}", file=sys.stderr)
 
         results: dict[str, list[RunResult]] = {name: [] for name in runners}
-        for name, run in runners.items():  # warm-up
+        for run in runners.values():  # warm-up
             run(prompt[:16], 2)
         for i in range(args.runs):
             for name, run in runners.items():
@@ -244,7 +246,11 @@ def main(argv: list[str] | None = None) -> int:
         matches[name] = same
         if not same:
             where = next(
-                (i for i, (a, b) in enumerate(zip(runs[0].tokens, reference or [])) if a != b),
+                (
+                    i
+                    for i, (a, b) in enumerate(zip(runs[0].tokens, reference or [], strict=False))
+                    if a != b
+                ),
                 None,
             )
             print(f"greedy tokens of {name} differ from qwen-edge's (first at step {where})")

@@ -1,5 +1,8 @@
 """qwen-edge: run Qwen2.5 models offline with a native MLX decoder."""
 
+# First, before anything imports mlx: it may load a faster BLAS for MLX's CPU backend.
+from qwen_edge import backend  # noqa: F401  # isort: skip
+
 from qwen_edge.cache import KVCache
 from qwen_edge.config import ModelConfig
 from qwen_edge.errors import QwenEdgeError

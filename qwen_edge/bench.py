@@ -16,6 +16,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
+from qwen_edge import backend
 from qwen_edge.generate import GenerationStats, stream_generate
 from qwen_edge.model import Qwen2Model
 from qwen_edge.tokenizer import Tokenizer
@@ -54,6 +55,8 @@ class BenchResult:
     peak_memory_gb: float
     bytes_per_token: int
     weight_layout: str
+    dtype: str
+    blas: str  # the BLAS serving MLX's CPU matmuls
     device: str
     chip: str | None
     bandwidth_gbps: float | None
@@ -65,7 +68,7 @@ class BenchResult:
     def format(self) -> str:
         lines = [
             f"device: {self.device} ({self.chip or platform.machine()}), weights: "
-            f"{self.weight_layout}",
+            f"{self.weight_layout} {self.dtype}, BLAS: {self.blas}",
             f"prompt:     {self.prompt_tokens} tokens, {self.prompt_tps:.1f} tok/s "
             f"(time to first token {self.time_to_first_token:.3f} s)",
             f"generation: {self.generation_tokens} tokens, {self.generation_tps:.2f} tok/s",
@@ -157,6 +160,8 @@ def run_benchmark(
         peak_memory_gb=max(s.peak_memory_gb for s in stats),
         bytes_per_token=bytes_per_token,
         weight_layout=model.weight_layout,
+        dtype=str(model.model.norm.weight.dtype).removeprefix("mlx.core."),
+        blas=backend.fast_blas or "bundled with mlx",
         device=str(mx.default_device()),
         chip=chip,
         bandwidth_gbps=bandwidth,

@@ -11,6 +11,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
+from qwen_edge import backend
 from qwen_edge.config import ModelConfig
 from qwen_edge.errors import CheckpointError
 from qwen_edge.model import Qwen2Model
@@ -37,6 +38,8 @@ def load(
     """
     directory = resolve_model_path(path)
     config = ModelConfig.from_file(directory)
+    if dtype is None and layout == "auto":
+        dtype = backend_dtype(config)
     model = load_model(directory, config, dtype=dtype, lazy=lazy, layout=layout, fuse=fuse)
     tokenizer = Tokenizer.from_pretrained(directory, config.eos_token_ids)
     return model, tokenizer
@@ -97,6 +100,26 @@ def load_model(
     return model
 
 
+def backend_dtype(config: ModelConfig) -> str | None:
+    """The dtype to compute in on this backend when the caller names none: float32 on the CPU
+    backend when a fast BLAS is loaded (MLX's CPU matmuls go through BLAS only in float32) and
+    the float32 weights take at most half of the physical memory; otherwise the stored dtype."""
+    if mx.default_device() != mx.cpu or backend.fast_blas is None:
+        return None
+    n_params = config.vocab_size * config.hidden_size * (1 if config.tie_word_embeddings else 2)
+    per_layer = config.hidden_size * (config.n_heads + 2 * config.n_kv_heads) * config.head_dim
+    per_layer += config.n_heads * config.head_dim * config.hidden_size
+    per_layer += 3 * config.hidden_size * config.intermediate_size
+    n_params += config.n_layers * per_layer
+    if 4 * n_params > _physical_memory() // 2:
+        return None
+    return "float32"
+
+
+def _physical_memory() -> int:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def choose_layout(layout: str, model: Qwen2Model) -> str:
     """Return "quantized" or "float" for a quantized checkpoint.
 
@@ -117,8 +140,7 @@ def choose_layout(layout: str, model: Qwen2Model) -> str:
         for _, module in model.named_modules()
         if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding))
     )
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    if float_bytes > memory // 2:
+    if float_bytes > _physical_memory() // 2:
         log.warning(
             "keeping quantized layers on the CPU backend (slow): their float form needs %.1f GB",
             float_bytes / 1e9,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import nmse
 
+from conftest import nmse
 from qwen_edge.config import ModelConfig
 from qwen_edge.errors import CacheError
 from qwen_edge.kv_rotating import RotatingKVCache
@@ -97,7 +97,7 @@ def test_rotating_window_stays_bounded_and_keeps_first_tokens(model):
     tokens = ids(60, seed=1)
     cache = model.make_cache(max_size=16, keep=4)
     plain = model.make_cache()
-    model(tokens[:, :4], plain)
+    model(tokens[:, :10], plain)  # the same prefill, so the same rounding
     first_keys = np.array(plain.keys[0][..., :4, :])
 
     model(tokens[:, :10], cache)
