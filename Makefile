@@ -5,7 +5,10 @@ BIN := $(VENV)/bin
 # A question the demo model answers well; `make chat PROMPT="..."` asks another.
 PROMPT ?= Write a Python function that checks whether a string is a palindrome.
 
-.PHONY: all chat test lint demo-model install install-dev clean
+# make bench BENCH_ARGS="-p 128 -g 32 -n 3" sizes the side-by-side benchmark.
+BENCH_ARGS ?=
+
+.PHONY: all chat test lint demo-model install install-dev bench clean
 
 all: test
 
@@ -38,6 +41,10 @@ lint: $(VENV)/.installed-dev
 
 test: $(VENV)/.installed-dev demo-model lint
 	$(BIN)/python -m pytest -q
+
+# Our decoder, mlx-lm, transformers and llama.cpp on the same weights, in turn; see bench/run.py.
+bench: $(VENV)/.installed-dev demo-model
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -114,17 +114,18 @@ def mlx_lm_runner(model_dir: Path) -> tuple[Runner, str]:
 
 def transformers_runner(model_dir: Path) -> tuple[Runner, str]:
     import torch
-    from transformers import Qwen2ForCausalLM
+    from transformers import DynamicCache, Qwen2ForCausalLM
 
     model = Qwen2ForCausalLM.from_pretrained(model_dir, dtype="auto").eval()
 
     def steps(prompt: list[int], gen: int):
         with torch.inference_mode():
-            out = model(torch.tensor([prompt]), use_cache=True)
+            cache = DynamicCache(config=model.config)
+            logits = model(torch.tensor([prompt]), cache=cache, use_cache=True).logits
             for _ in range(gen):
-                token = out.logits[0, -1].argmax()
+                token = logits[0, -1].argmax()
                 yield token.item()
-                out = model(token.view(1, 1), past_key_values=out.past_key_values, use_cache=True)
+                logits = model(token.view(1, 1), cache=cache, use_cache=True).logits
 
     def run(prompt: list[int], gen: int) -> RunResult:
         result = timed_generation(lambda: steps(prompt, gen), len(prompt), gen)

@@ -63,3 +63,15 @@ def test_layers_of_different_bits_stay_separate(tiny_checkpoint):
     assert attention.fuse() is False
     assert "q_proj" in attention and "qkv_proj" not in attention
     assert model.fuse_projections() == 3  # layer 1 attention, both MLPs
+
+
+def test_compiled_swiglu_equals_plain():
+    from qwen_edge.model import swiglu
+
+    rng = np.random.default_rng(0)
+    gate = mx.array(rng.normal(size=(2, 5, 384)).astype(np.float32))
+    up = mx.array(rng.normal(size=(2, 5, 384)).astype(np.float32))
+
+    plain = gate * mx.sigmoid(gate) * up
+
+    assert np.allclose(np.array(swiglu(gate, up)), np.array(plain), rtol=1e-6, atol=1e-6)
