@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_generate(commands)
     _add_convert(commands)
+    _add_compare(commands)
     _add_models(commands)
     _add_bench(commands)
     _add_demo_model(commands)
@@ -281,10 +282,10 @@ def _run_convert(args: argparse.Namespace) -> int:
     if args.to == "hf":
         return _convert_gguf_to_hf(args)
     if args.to == "mlx":
-        from qwen_edge.convert.mlx_export import convert_to_mlx
+        from qwen_edge.convert.mlx_export import export_mlx
 
         with ProgressBar("converting") as progress:
-            result = convert_to_mlx(
+            export = export_mlx(
                 args.src,
                 _output_path(args.out),
                 bits=args.bits,
@@ -296,6 +297,8 @@ def _run_convert(args: argparse.Namespace) -> int:
                 report=args.report,
                 progress=progress,
             )
+        print(export.format(), file=sys.stderr)
+        return 0
     else:
         from qwen_edge.convert.gguf_export import convert_to_gguf
 
@@ -325,6 +328,31 @@ def _convert_gguf_to_hf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_compare(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser(
+        "compare",
+        help="compare model B's next-token predictions with reference model A's",
+        description="Run both models over a fixed text and print logits NMSE, top-1 agreement "
+        "and mean KL divergence of B against A.",
+    )
+    parser.add_argument("a", help="reference model: directory, store name, .gguf file or repo id")
+    parser.add_argument("b", help="model compared against A (same forms)")
+    parser.add_argument(
+        "--text",
+        type=Path,
+        default=None,
+        help="UTF-8 text file (default: the shipped English, Chinese and code text, ~512 tokens)",
+    )
+    parser.set_defaults(run=_run_compare)
+
+
+def _run_compare(args: argparse.Namespace) -> int:
+    from qwen_edge.convert.compare import run_compare
+
+    print(run_compare(args.a, args.b, args.text).format())
+    return 0
+
+
 def _output_path(out: str) -> Path:
     """A bare name (no separator, no suffix-looking path that exists) goes into the store."""
     path = Path(out).expanduser()
@@ -350,6 +378,10 @@ class ProgressBar:
     def __call__(self, done: int, total: int, name: str) -> None:
         from tqdm import tqdm
 
+        if self.bar is not None and self.bar.total != total:
+            # a new stage (a GGUF source is imported before it is converted)
+            self.bar.close()
+            self.bar = None
         if self.bar is None:
             self.bar = tqdm(total=total, desc=self.description, unit="tensor", file=sys.stderr)
         self.bar.set_postfix_str(name, refresh=False)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import mlx.core as mx
-from mlx_lm.sample_utils import make_repetition_penalty, make_sampler
 
 from qwen_edge.errors import QwenEdgeError
 
@@ -47,6 +46,9 @@ class Sampler:
     """Pick next tokens from logits [B, vocab_size] under `settings`, never an id >= vocab_limit."""
 
     def __init__(self, settings: SamplingSettings, vocab_limit: int) -> None:
+        # imported here: importing mlx_lm pulls in transformers, seconds of start-up
+        from mlx_lm.sample_utils import make_repetition_penalty, make_sampler
+
         self.vocab_limit = vocab_limit
         self._greedy = settings.temperature == 0
         self._pick = make_sampler(
