@@ -8,7 +8,12 @@ PROMPT ?= Write a Python function that checks whether a string is a palindrome.
 # make bench BENCH_ARGS="-p 128 -g 32 -n 3" sizes the side-by-side benchmark.
 BENCH_ARGS ?=
 
-.PHONY: all chat test lint demo-model install install-dev bench clean
+# `make gguf` writes the demo model as Q4_K_M into dist/. MODEL (a store name, directory or
+# Hugging Face repo id) and TYPE (f32 f16 bf16 q8_0 q4_0 q4_1 q5_0 q5_1 q4_k_m q5_k_m q6_k) override.
+MODEL ?= qwen2.5-coder-0.5b-instruct
+TYPE ?= q4_k_m
+
+.PHONY: all chat test lint demo-model install install-dev bench gguf clean
 
 all: test
 
@@ -41,6 +46,10 @@ lint: $(VENV)/.installed-dev
 
 test: $(VENV)/.installed-dev demo-model lint
 	$(BIN)/python -m pytest -q
+
+gguf: $(VENV)/.installed $(if $(filter qwen2.5-coder-0.5b-instruct,$(MODEL)),demo-model)
+	mkdir -p dist
+	$(BIN)/qwen-edge convert $(MODEL) dist/$(notdir $(patsubst %/,%,$(MODEL)))-$(TYPE).gguf --to gguf --type $(TYPE) --force
 
 # Our decoder, mlx-lm, transformers and llama.cpp on the same weights, in turn; see bench/run.py.
 bench: $(VENV)/.installed-dev demo-model

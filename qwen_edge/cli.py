@@ -299,11 +299,11 @@ def _run_convert(args: argparse.Namespace) -> int:
             )
         print(export.format(), file=sys.stderr)
         return 0
-    else:
+    if args.to == "gguf":
         from qwen_edge.convert.gguf_export import convert_to_gguf
 
         with ProgressBar("converting") as progress:
-            result = convert_to_gguf(
+            summary = convert_to_gguf(
                 args.src,
                 Path(args.out).expanduser(),
                 gguf_type=args.gguf_type,
@@ -311,8 +311,9 @@ def _run_convert(args: argparse.Namespace) -> int:
                 force=args.force,
                 progress=progress,
             )
-    print(f"wrote {result}", file=sys.stderr)
-    return 0
+        print(summary.format(), file=sys.stderr)
+        return 0
+    raise QwenEdgeError(f"unknown output format {args.to!r}; use hf, mlx or gguf")
 
 
 def _convert_gguf_to_hf(args: argparse.Namespace) -> int:
