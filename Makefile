@@ -2,8 +2,6 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# A question the demo model answers well; `make chat PROMPT="..."` asks another.
-PROMPT ?= Write a Python function that checks whether a string is a palindrome.
 
 # make bench BENCH_ARGS="-p 128 -g 32 -n 3" sizes the side-by-side benchmark.
 BENCH_ARGS ?=
@@ -36,9 +34,9 @@ install-dev: $(VENV)/.installed-dev
 demo-model: $(VENV)/.installed
 	$(BIN)/qwen-edge demo-model
 
-# TODO: open the Textual chat app once it exists; until then, one streamed reply.
+# The chat app on the default (demo) model.
 chat: demo-model
-	$(BIN)/qwen-edge generate -p "$(PROMPT)"
+	$(BIN)/qwen-edge chat
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

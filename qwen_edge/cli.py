@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 
+    _add_chat(commands)
     _add_generate(commands)
     _add_convert(commands)
     _add_compare(commands)
@@ -69,6 +70,19 @@ def _add_model_option(parser: argparse.ArgumentParser) -> None:
         help="model directory or name in the local store "
         f"(default: $QWEN_EDGE_MODEL, else {store.DEMO_MODEL})",
     )
+
+
+def _add_chat(commands: argparse._SubParsersAction) -> None:
+    from qwen_edge.tui.app import add_chat_arguments, run_chat_command
+
+    parser = commands.add_parser(
+        "chat",
+        help="open the chat app (conversations are kept on disk)",
+        description="Chat with a model in the terminal. Conversations, their models, system "
+        "prompts and sampling settings are stored in a SQLite database in the data directory.",
+    )
+    add_chat_arguments(parser)
+    parser.set_defaults(run=run_chat_command)
 
 
 def _add_generate(commands: argparse._SubParsersAction) -> None:
