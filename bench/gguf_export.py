@@ -23,25 +23,13 @@ import tempfile
 import time
 from pathlib import Path
 
-DEFAULT_TYPES = [
-    "f32",
-    "f16",
-    "bf16",
-    "q8_0",
-    "q4_0",
-    "q4_1",
-    "q5_0",
-    "q5_1",
-    "q4_k_m",
-    "q5_k_m",
-    "q6_k",
-]
+from qwen_edge.convert.gguf_export import GGUF_TYPES
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", help="Hugging Face model directory (default: the demo model)")
-    parser.add_argument("--types", nargs="+", default=DEFAULT_TYPES, help="GGUF types to export")
+    parser.add_argument("--types", nargs="+", default=list(GGUF_TYPES), help="GGUF types to export")
     parser.add_argument(
         "--worker", nargs=4, metavar=("KIND", "SRC", "OUT", "TYPE"), help=argparse.SUPPRESS
     )
@@ -114,8 +102,6 @@ def run_worker(kind: str, src: str, out: str, gguf_type: str) -> None:
         import ctypes
 
         import llama_cpp
-
-        from qwen_edge.convert.gguf_export import GGUF_TYPES
 
         params = llama_cpp.llama_model_quantize_default_params()
         params.ftype = int(GGUF_TYPES[gguf_type].file_type)

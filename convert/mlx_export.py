@@ -34,8 +34,8 @@ from qwen_edge.config import ModelConfig
 from qwen_edge.convert.atomic import atomic_output_dir
 from qwen_edge.convert.recipes import QuantizationPlan, check_options, plan_quantization
 from qwen_edge.convert.source import Source, open_source
-from qwen_edge.errors import CheckpointError, QwenEdgeError
-from qwen_edge.loader import read_weights
+from qwen_edge.errors import QwenEdgeError
+from qwen_edge.loader import check_tensor_shapes, read_weights
 from qwen_edge.model import Qwen2Model
 
 if TYPE_CHECKING:
@@ -246,7 +246,7 @@ def write_mlx_model(
 
     weights = _source_weights(source_dir, config)
     expected = _expected_parameters(config)
-    _check_tensors(weights, expected, source_dir)
+    check_tensor_shapes(weights, expected, source_dir)
     plan = plan_quantization(
         _quantizable_modules(config),
         n_layers=config.num_hidden_layers,
@@ -348,29 +348,6 @@ def _quantizable_modules(config: ModelConfig) -> list[tuple[str, int]]:
     }
     order = [name.removesuffix(".weight") for name, _ in tree_flatten(model.parameters())]
     return [(path, modules[path]) for path in order if path in modules]
-
-
-def _check_tensors(
-    weights: dict[str, mx.array], expected: dict[str, tuple[int, ...]], directory: Path
-) -> None:
-    for name, shape in expected.items():
-        if name not in weights:
-            raise CheckpointError(
-                f"tensor {name} (shape {shape}) is missing from {directory}; the checkpoint is "
-                "incomplete or its config.json describes another model"
-            )
-        if tuple(weights[name].shape) != shape:
-            raise CheckpointError(
-                f"tensor {name} in {directory} has shape {tuple(weights[name].shape)}, but "
-                f"config.json implies {shape}; the weights and config.json do not match"
-            )
-    unexpected = sorted(set(weights) - set(expected))
-    if unexpected:
-        listed = ", ".join(unexpected[:5]) + (" ..." if len(unexpected) > 5 else "")
-        raise CheckpointError(
-            f"{directory} contains {len(unexpected)} tensors a Qwen2 model does not have: "
-            f"{listed}; is it another architecture?"
-        )
 
 
 def _output_tensors(

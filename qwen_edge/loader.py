@@ -101,9 +101,12 @@ def load_model(
 
 
 def backend_dtype(config: ModelConfig) -> str | None:
-    """The dtype to compute in on this backend when the caller names none: float32 on the CPU
-    backend when a fast BLAS is loaded (MLX's CPU matmuls go through BLAS only in float32) and
-    the float32 weights take at most half of the physical memory; otherwise the stored dtype."""
+    """Return the dtype to compute in when the caller names none, or None for the stored one.
+
+    That is float32 on the CPU backend when a fast BLAS is loaded, because MLX's CPU matmuls go
+    through BLAS only in float32, and when the float32 weights take at most half of the
+    physical memory.
+    """
     if mx.default_device() != mx.cpu or backend.fast_blas is None:
         return None
     n_params = config.vocab_size * config.hidden_size * (1 if config.tie_word_embeddings else 2)
@@ -201,7 +204,7 @@ def weight_files(directory: Path) -> list[Path]:
     pickled = sorted(p.name for p in directory.iterdir() if p.suffix in PICKLE_SUFFIXES)
     if pickled:
         raise CheckpointError(
-            f"{directory} holds only pickle checkpoints ({', '.join(pickled)}), which can run "
+            f"{directory} contains only pickle checkpoints ({', '.join(pickled)}), which can run "
             "arbitrary code when loaded and are refused; use the checkpoint's safetensors "
             "version, or convert it with safetensors' own tools in a sandbox you trust"
         )
@@ -253,24 +256,32 @@ def _quantize_like_checkpoint(
 
 
 def _check_tensors(model: Qwen2Model, weights: dict[str, mx.array], directory: Path) -> None:
-    expected = dict(tree_flatten(model.parameters()))
-    for name, param in expected.items():
+    expected = {name: tuple(p.shape) for name, p in tree_flatten(model.parameters())}
+    check_tensor_shapes(weights, expected, directory)
+
+
+def check_tensor_shapes(
+    weights: dict[str, mx.array], expected: dict[str, tuple[int, ...]], directory: Path
+) -> None:
+    """Raise CheckpointError naming the first tensor of `expected` that `weights` lacks or has
+    in another shape, or the tensors `weights` has beyond `expected`."""
+    for name, shape in expected.items():
         if name not in weights:
             raise CheckpointError(
-                f"tensor {name} (shape {tuple(param.shape)}) is missing from {directory}; the "
+                f"tensor {name} (shape {shape}) is missing from {directory}; the "
                 "checkpoint is incomplete or its config.json describes another model"
             )
-        found = weights[name]
-        if tuple(found.shape) != tuple(param.shape):
+        found = tuple(weights[name].shape)
+        if found != shape:
             raise CheckpointError(
-                f"tensor {name} in {directory} has shape {tuple(found.shape)}, but config.json "
-                f"implies {tuple(param.shape)}; the weights and config.json do not match"
+                f"tensor {name} in {directory} has shape {found}, but config.json "
+                f"implies {shape}; the weights and config.json do not match"
             )
     unexpected = sorted(set(weights) - set(expected))
     if unexpected:
         shown = ", ".join(unexpected[:5]) + (" ..." if len(unexpected) > 5 else "")
         raise CheckpointError(
-            f"{directory} holds {len(unexpected)} tensors this Qwen2 decoder does not use: "
+            f"{directory} contains {len(unexpected)} tensors this Qwen2 decoder does not use: "
             f"{shown}; is it another architecture?"
         )
 

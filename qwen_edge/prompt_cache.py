@@ -42,7 +42,7 @@ def save_prompt_cache(
     path = Path(path)
     if cache.offset != len(tokens):
         raise CacheError(
-            f"the cache holds {cache.offset} positions but {len(tokens)} token ids were given"
+            f"the cache contains {cache.offset} positions but {len(tokens)} token ids were given"
         )
     length = getattr(cache, "length", cache.offset)
     arrays: dict[str, mx.array] = {}

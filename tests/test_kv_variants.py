@@ -164,5 +164,5 @@ def test_prompt_cache_token_count_must_match(model, tmp_path):
     cache = model.make_cache()
     model(ids(5), cache)
 
-    with pytest.raises(CacheError, match="holds 5 positions but 3"):
+    with pytest.raises(CacheError, match="contains 5 positions but 3"):
         save_prompt_cache(tmp_path / "c.safetensors", cache, [1, 2, 3], model)
