@@ -66,9 +66,13 @@ class KVCache:
                 f"{theirs}; make a new cache with KVCache.for_model(model.config)"
             )
 
+    def has_room(self, n_new: int) -> bool:
+        """True if `n_new` more positions fit."""
+        return self.offset + n_new <= self.max_size
+
     def check_room(self, n_new: int) -> None:
         """Raise CacheError if `n_new` more positions would not fit."""
-        if self.offset + n_new > self.max_size:
+        if not self.has_room(n_new):
             raise CacheError(
                 f"the KV cache is full: {self.offset} positions used + {n_new} new > max size "
                 f"{self.max_size}; start a new conversation, trim the cache or use a larger "

@@ -155,6 +155,8 @@ def _run_generate(args: argparse.Namespace) -> int:
             prompt.append({"role": "system", "content": args.system})
         prompt.append({"role": "user", "content": args.prompt})
 
+    if args.prompt_cache is not None and args.prompt_cache.is_dir():
+        raise QwenEdgeError(f"--prompt-cache {args.prompt_cache} is a directory; give a file path")
     prompt_ids = prompt_to_tokens(tokenizer, prompt)
     cache, new_ids = _prepare_cache(args, model, prompt_ids)
     generated: list[int] = []
@@ -454,6 +456,12 @@ def _run_bench(args: argparse.Namespace) -> int:
         if getattr(args, name) < 1:
             raise QwenEdgeError(f"--{name.replace('_', '-')} must be at least 1")
     model, tokenizer = load(_model_path(args.model), layout=args.layout)
+    context = model.config.max_position_embeddings
+    if args.prompt_tokens + args.gen_tokens > context:
+        raise QwenEdgeError(
+            f"--prompt-tokens {args.prompt_tokens} + --gen-tokens {args.gen_tokens} exceed the "
+            f"model's context of {context} tokens"
+        )
     result = run_benchmark(model, tokenizer, args.prompt_tokens, args.gen_tokens, args.runs)
     print(json.dumps(result.as_dict(), indent=2) if args.json else result.format())
     return 0

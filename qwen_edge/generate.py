@@ -123,7 +123,7 @@ def stream_generate(
     while True:
         # queue the next step before waiting for this token
         next_token = None
-        if generated + 1 < max_tokens and cache.offset < cache.max_size:
+        if generated + 1 < max_tokens and cache.has_room(1):
             next_token = step(model(token[None], cache, last_only=True)[:, -1, :])
             mx.async_eval(next_token)
 

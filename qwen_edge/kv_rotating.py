@@ -49,8 +49,9 @@ class RotatingKVCache(KVCache):
             keep=keep,
         )
 
-    def check_room(self, n_new: int) -> None:
-        """A rotating cache always has room."""
+    def has_room(self, n_new: int) -> bool:
+        """Return True: a rotating cache drops old positions instead of filling up."""
+        return True
 
     def update_and_fetch(
         self, layer: int, keys: mx.array, values: mx.array

@@ -40,6 +40,8 @@ def save_prompt_cache(
     """Write `cache` (holding `tokens`) to `path` atomically: a temporary file beside it is
     renamed into place once complete."""
     path = Path(path)
+    if path.is_dir():
+        raise CacheError(f"prompt cache path {path} is a directory; give a file path")
     if cache.offset != len(tokens):
         raise CacheError(
             f"the cache contains {cache.offset} positions but {len(tokens)} token ids were given"
@@ -85,7 +87,7 @@ def load_prompt_cache(path: str | Path, model: Qwen2Model) -> tuple[KVCache, lis
     if not path.is_file():
         raise CacheError(f"prompt cache {path} not found")
     try:
-        arrays, metadata = mx.load(str(path), return_metadata=True)
+        arrays, metadata = mx.load(str(path), format="safetensors", return_metadata=True)
     except (RuntimeError, ValueError) as error:
         raise CacheError(f"{path} is not a readable prompt cache: {error}") from error
     if metadata.get("format") != FORMAT_VERSION:

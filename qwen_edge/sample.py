@@ -37,6 +37,8 @@ class SamplingSettings:
                 f"repetition_penalty must be > 0 (1 disables it), got {self.repetition_penalty}",
             ),
         ]
+        if self.seed is not None:
+            checks.append((0 <= self.seed < 2**63, f"seed must be in [0, 2**63), got {self.seed}"))
         for ok, message in checks:
             if not ok:
                 raise QwenEdgeError(message)

@@ -246,3 +246,20 @@ def test_sampling_settings_object_and_keywords_agree(tiny_model, demo_tokenizer)
     by_keywords = [e.token for e in run(tiny_model, demo_tokenizer, temperature=0.8, seed=11)][:6]
 
     assert by_object == by_keywords
+
+
+def test_rotating_cache_generates_past_its_size(demo_tokenizer):
+    from qwen_edge.kv_rotating import RotatingKVCache
+
+    model = ScriptedModel(demo_tokenizer.encode(" word" * 40))
+    cache = RotatingKVCache.for_model(model.config, max_size=8, keep=4)
+
+    events = run(model, demo_tokenizer, prompt=list(range(100, 106)), max_tokens=20, cache=cache)
+
+    assert len(events) == 20
+    assert events[-1].finish_reason == "length"
+
+
+def test_negative_seed_is_rejected(demo_tokenizer):
+    with pytest.raises(QwenEdgeError, match="seed must be in"):
+        run(ScriptedModel([1]), demo_tokenizer, seed=-1)

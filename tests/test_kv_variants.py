@@ -166,3 +166,22 @@ def test_prompt_cache_token_count_must_match(model, tmp_path):
 
     with pytest.raises(CacheError, match="contains 5 positions but 3"):
         save_prompt_cache(tmp_path / "c.safetensors", cache, [1, 2, 3], model)
+
+
+def test_prompt_cache_file_name_is_free(model, tmp_path):
+    cache = model.make_cache()
+    model(ids(5), cache)
+    path = save_prompt_cache(tmp_path / "session.cache", cache, ids(5)[0].tolist(), model)
+
+    loaded, held = load_prompt_cache(path, model)
+
+    assert loaded.offset == 5
+    assert held == ids(5)[0].tolist()
+
+
+def test_prompt_cache_directory_is_rejected(model, tmp_path):
+    cache = model.make_cache()
+    model(ids(5), cache)
+
+    with pytest.raises(CacheError, match="is a directory"):
+        save_prompt_cache(tmp_path, cache, ids(5)[0].tolist(), model)
