@@ -85,7 +85,7 @@ class BenchResult:
 
 
 def apple_chip() -> str | None:
-    """The Apple silicon chip name (for example "Apple M2 Pro"), or None elsewhere."""
+    """Return the Apple silicon chip name (for example "Apple M2 Pro"), or None elsewhere."""
     if platform.system() != "Darwin":
         return None
     try:
@@ -124,7 +124,9 @@ BENCH_TEXT = (
 
 
 def benchmark_prompt(tokenizer: Tokenizer, length: int) -> list[int]:
-    """A prompt of exactly `length` tokens of ordinary text and code, the same for every engine.
+    """Return a prompt of exactly `length` tokens of ordinary text and code.
+
+    Every engine gets the same prompt.
     Natural text, unlike random ids, gives clear argmax decisions, so engines on the same
     weights should agree on the greedy continuation."""
     unit = tokenizer.encode(BENCH_TEXT)

@@ -62,7 +62,7 @@ class KVCache:
         theirs = (config.n_layers, config.n_kv_heads, config.head_dim)
         if ours != theirs:
             raise CacheError(
-                f"this KV cache holds (layers, kv heads, head_dim) = {ours} but the model has "
+                f"this KV cache contains (layers, kv heads, head_dim) = {ours} but the model has "
                 f"{theirs}; make a new cache with KVCache.for_model(model.config)"
             )
 
@@ -85,18 +85,23 @@ class KVCache:
         """Store `keys`/`values` [B, n_kv_heads, L, D] of `layer` at the current offset and return
         all keys/values of that layer so far."""
         self._check_shape(layer, keys)
-        L = keys.shape[2]
-        self.check_room(L)
+        self.check_room(keys.shape[2])
+        return self._write(layer, keys, values, start=self.offset)
 
-        end = self.offset + L
+    def _write(
+        self, layer: int, keys: mx.array, values: mx.array, start: int
+    ) -> tuple[mx.array, mx.array]:
+        """Write `keys`/`values` of `layer` at position `start`, growing the buffers if needed,
+        and return the layer's keys/values up to the last one written."""
+        end = start + keys.shape[2]
         stored_keys, stored_values = self.keys[layer], self.values[layer]
         if stored_keys is None or end > stored_keys.shape[2]:
             stored_keys, stored_values = self._grow(
-                stored_keys, stored_values, keys, end, filled=self.offset
+                stored_keys, stored_values, keys, end, filled=start
             )
 
-        stored_keys[..., self.offset : end, :] = keys
-        stored_values[..., self.offset : end, :] = values
+        stored_keys[..., start:end, :] = keys
+        stored_values[..., start:end, :] = values
         self.keys[layer], self.values[layer] = stored_keys, stored_values
         return stored_keys[..., :end, :], stored_values[..., :end, :]
 
@@ -140,7 +145,7 @@ class KVCache:
 
     @property
     def state(self) -> list[mx.array]:
-        """The arrays to evaluate so that the cache holds concrete values."""
+        """The arrays to evaluate so that the cache contains concrete values."""
         return [a for a in self.keys + self.values if a is not None]
 
     @property

@@ -97,7 +97,9 @@ def _add_generate(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--raw", action="store_true", help="feed the prompt as is, without the chat template"
     )
-    parser.add_argument("--max-tokens", type=int, default=512, help="most tokens to generate")
+    parser.add_argument(
+        "--max-tokens", type=int, default=512, help="maximum number of tokens to generate"
+    )
     parser.add_argument("--temp", type=float, default=0.0, help="temperature; 0 is greedy")
     parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (1: off)")
     parser.add_argument("--top-k", type=int, default=0, help="keep the k likeliest tokens (0: off)")
@@ -186,9 +188,13 @@ def _run_generate(args: argparse.Namespace) -> int:
 def _prepare_cache(
     args: argparse.Namespace, model: Qwen2Model, prompt_ids: list[int]
 ) -> tuple[KVCache, list[int]]:
-    """The cache to generate into and the prompt ids it still lacks: a saved prompt cache with
-    its common prefix reused, or a new cache shaped by --kv-bits and --max-kv-size."""
-    from qwen_edge.prompt_cache import load_prompt_cache, reuse_prefix
+    """Return the cache to generate into and the prompt ids it still lacks.
+
+    That is a saved prompt cache with its common prefix reused, or else a new cache shaped by
+    --kv-bits and --max-kv-size.
+    """
+    from qwen_edge.prompt_cache import load_prompt_cache
+    from qwen_edge.session import reuse_prefix
 
     if args.prompt_cache is not None and args.prompt_cache.is_file():
         cache, held = load_prompt_cache(args.prompt_cache, model)
@@ -371,7 +377,7 @@ def _run_compare(args: argparse.Namespace) -> int:
 
 
 def _output_path(out: str) -> Path:
-    """A bare name (no separator, no suffix-looking path that exists) goes into the store."""
+    """Return where OUT goes: a bare name (no separator, not an existing path) into the store."""
     path = Path(out).expanduser()
     if store.is_store_name(out) and not path.exists() and "/" not in out:
         return store.path_for(out)

@@ -125,7 +125,7 @@ def quantized_attention(
         queries, *keys, transpose=True, group_size=group_size, bits=bits
     )  # (B, n_kv, group, L, S)
     if causal:
-        # query i (of the last L positions) sees keys up to S - L + i
+        # query i (of the last L positions) may attend to keys up to S - L + i
         allowed = mx.arange(S)[None, :] <= (mx.arange(L)[:, None] + S - L)
         scores = mx.where(allowed, scores, mx.finfo(scores.dtype).min)
     weights = mx.softmax(scores, axis=-1, precise=True)

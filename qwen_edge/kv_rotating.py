@@ -65,18 +65,9 @@ class RotatingKVCache(KVCache):
         return self._reorder_and_trim(layer, keys, values)
 
     def _append(self, layer: int, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
-        L = keys.shape[2]
-        end = self.length + L
-        stored_keys, stored_values = self.keys[layer], self.values[layer]
-        if stored_keys is None or end > stored_keys.shape[2]:
-            stored_keys, stored_values = self._grow(
-                stored_keys, stored_values, keys, end, filled=self.length
-            )
-        stored_keys[..., self.length : end, :] = keys
-        stored_values[..., self.length : end, :] = values
-        self.keys[layer], self.values[layer] = stored_keys, stored_values
+        end = self.length + keys.shape[2]
         self._pending = (end, end if end < self.max_size else self.keep)
-        return stored_keys[..., :end, :], stored_values[..., :end, :]
+        return self._write(layer, keys, values, start=self.length)
 
     def _overwrite(self, layer: int, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         # One query attends to every stored key with no mask, so their order does not matter.
@@ -103,7 +94,7 @@ class RotatingKVCache(KVCache):
         return all_keys, all_values
 
     def _in_order(self, stored: mx.array | None, like: mx.array) -> mx.array:
-        """The stored positions oldest first (the ring starts at write_index once full)."""
+        """Return the stored positions oldest first (the ring starts at write_index once full)."""
         if stored is None:
             return like[..., :0, :]
         stored = stored[..., : self.length, :]
@@ -137,5 +128,5 @@ class RotatingKVCache(KVCache):
 
 
 def _keep_ends(x: mx.array, keep: int, recent: int) -> mx.array:
-    """The first `keep` and the last `recent` positions of x [B, H, S, D]."""
+    """Return the first `keep` and the last `recent` positions of x [B, H, S, D]."""
     return mx.concatenate([x[..., :keep, :], x[..., -recent:, :]], axis=2)

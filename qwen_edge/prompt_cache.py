@@ -1,7 +1,7 @@
 """Save a conversation's KV cache to disk and load it back, to resume without a new prefill.
 
 A prompt cache file is safetensors: the filled part of each layer's keys and values, plus
-metadata naming the cache kind, its settings, the token ids it holds and the shape of the model
+metadata naming the cache kind, its settings, the token ids it contains and the shape of the model
 that made it. Loading checks that shape against the model and raises CacheError on a mismatch.
 """
 
@@ -132,17 +132,3 @@ def _empty_cache(metadata: dict[str, str], model: Qwen2Model) -> KVCache:
     if kind == "RotatingKVCache":
         return RotatingKVCache.for_model(model.config, max_size, keep=int(metadata["keep"]))
     raise CacheError(f"unknown prompt cache kind {kind!r}")
-
-
-def reuse_prefix(cache: KVCache, held: list[int], prompt: list[int]) -> list[int]:
-    """Trim `cache` (holding the token ids `held`) to its longest common prefix with `prompt`
-    and return the prompt tokens still to process, always at least one: the last position's
-    logits are needed to sample the next token."""
-    common = 0
-    for a, b in zip(held, prompt, strict=False):
-        if a != b:
-            break
-        common += 1
-    common = min(common, len(prompt) - 1)
-    cache.trim(cache.offset - common)
-    return prompt[common:]

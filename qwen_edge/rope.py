@@ -46,8 +46,8 @@ def _yarn_inverse_frequencies(
         attention_factor = yarn_get_mscale(factor)
 
     # Dimensions that rotate fewer than beta_slow times over the original context are
-    # interpolated (divided by the factor); those that rotate more than beta_fast times keep
-    # their frequency; a linear ramp blends the band between.
+    # interpolated (divided by the factor). Those that rotate more than beta_fast times keep
+    # their frequency, and a linear ramp blends the band between.
     original_context = scaling.original_max_position_embeddings
 
     def correction_dim(n_rotations: float) -> float:

@@ -71,7 +71,7 @@ class Sampler:
             mx.random.seed(settings.seed)
 
     def __call__(self, logits: mx.array, history: mx.array | None = None) -> mx.array:
-        """Return the next token ids [B]; `history` holds the ids so far, for the penalty."""
+        """Return the next token ids [B]; `history` contains the recent ids, for the penalty."""
         logits = logits[:, : self.vocab_limit].astype(mx.float32)
         if self._penalty is not None and history is not None and history.size:
             logits = self._penalty(history, logits)

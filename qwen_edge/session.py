@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from qwen_edge.cache import KVCache
 from qwen_edge.errors import QwenEdgeError
 from qwen_edge.generate import GenerationEvent, stream_generate
 from qwen_edge.model import Qwen2Model
@@ -37,6 +38,17 @@ def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
         if a[i] != b[i]:
             return i
     return n
+
+
+def reuse_prefix(cache: KVCache, held: list[int], prompt: list[int]) -> list[int]:
+    """Trim `cache`, which contains the token ids `held`, to its longest common prefix with
+    `prompt` and return the prompt tokens still to process.
+
+    At least one token is always left to process, because its logits give the next token.
+    """
+    common = min(common_prefix_length(held, prompt), len(prompt) - 1)
+    cache.trim(cache.offset - common)
+    return prompt[common:]
 
 
 def split_turns(messages: Sequence[Message]) -> tuple[list[Message], list[list[Message]]]:
@@ -76,7 +88,7 @@ class ChatSession:
         self.tokenizer = tokenizer
         self.context_size = context_size or max_context
         self.cache = model.make_cache(max_size=self.context_size)
-        # Every token appended to the cache so far; the cache holds the first `cache.offset`.
+        # Every token appended to the cache so far; the cache contains the first `cache.offset`.
         self._fed: list[int] = []
 
     @property
@@ -120,11 +132,10 @@ class ChatSession:
         kept, dropped = self.fit(messages, max_tokens)
         ids = self.render(kept)
 
-        # At least one token must be processed to get the logits of the next one.
-        reused = min(common_prefix_length(ids, self.cached_ids), len(ids) - 1)
-        self.cache.trim(self.cache.offset - reused)
+        new_ids = reuse_prefix(self.cache, self.cached_ids, ids)
+        reused = len(ids) - len(new_ids)
         self._fed = ids[:reused]
-        return PreparedTurn(ids[reused:], reused, len(ids), dropped, kept)
+        return PreparedTurn(new_ids, reused, len(ids), dropped, kept)
 
     def stream(
         self,

@@ -37,7 +37,7 @@ def gguf_dir() -> Path:
 
 
 def default_model() -> str:
-    """The model used when none is given: $QWEN_EDGE_MODEL, else the demo model."""
+    """Return the model used when none is given: $QWEN_EDGE_MODEL, else the demo model."""
     return os.environ.get("QWEN_EDGE_MODEL") or DEMO_MODEL
 
 

@@ -22,8 +22,10 @@ def test_fused_float_layers_match(tiny_checkpoint, options):
     fused = load_model(directory, config, dtype="float32", fuse=True)
 
     attention, mlp = fused.model.layers[0].self_attn, fused.model.layers[0].mlp
-    assert "qkv_proj" in attention and "q_proj" not in attention
-    assert "gate_up_proj" in mlp and "gate_proj" not in mlp
+    assert "qkv_proj" in attention
+    assert "q_proj" not in attention
+    assert "gate_up_proj" in mlp
+    assert "gate_proj" not in mlp
     assert nmse(np.array(fused(IDS)), np.array(plain(IDS))) < 1e-10
 
 
@@ -61,7 +63,8 @@ def test_layers_of_different_bits_stay_separate(tiny_checkpoint):
     attention.v_proj = nn.QuantizedLinear.from_linear(attention.v_proj, group_size=64, bits=8)
 
     assert attention.fuse() is False
-    assert "q_proj" in attention and "qkv_proj" not in attention
+    assert "q_proj" in attention
+    assert "qkv_proj" not in attention
     assert model.fuse_projections() == 3  # layer 1 attention, both MLPs
 
 
