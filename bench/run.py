@@ -91,7 +91,7 @@ def qwen_edge_runner(model_dir: Path) -> tuple[Runner, str]:
         return result
 
     dtype = str(model.model.norm.weight.dtype).removeprefix("mlx.core.")
-    blas = backend.fast_blas or "bundled BLAS"
+    blas = backend.blas_summary()
     return run, f"weights {model.weight_layout} {dtype}, {mx.default_device()}, {blas}"
 
 

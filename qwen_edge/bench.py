@@ -172,7 +172,7 @@ def run_benchmark(
         bytes_per_token=bytes_per_token,
         weight_layout=model.weight_layout,
         dtype=str(model.model.norm.weight.dtype).removeprefix("mlx.core."),
-        blas=backend.fast_blas or "bundled with mlx",
+        blas=backend.blas_summary(),
         device=str(mx.default_device()),
         chip=chip,
         bandwidth_gbps=bandwidth,
