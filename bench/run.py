@@ -1,15 +1,19 @@
 """Side-by-side speed of qwen-edge and its peers on one model, in one run (`make bench`).
 
 Engines, all fed the same prompt token ids and generating the same number of tokens greedily:
-  qwen-edge     our decoder (qwen_edge.load + stream_generate)
+  qwen-edge     our decoder (qwen_edge.load + stream_generate), in the dtype the loader picks
+                for the backend (float32 on the CPU backend with OpenBLAS)
+  qwen-edge-bf16  our decoder with the weights kept in their stored dtype (bf16 for the demo
+                model), the same dtype mlx-lm computes in
   mlx-lm        mlx_lm.load + mlx_lm.generate.generate_step, same weights and MLX backend
   transformers  Qwen2ForCausalLM on torch (CPU), same weights and dtype
   llama.cpp     llama-cpp-python on a GGUF of the same weights (exported by qwen-edge in the
                 same dtype, when the exporter is available)
-Runs alternate between engines (A B C D A B C D ...) so that a machine that heats up or gets
-busy affects all of them alike. Medians go to a table, with ratios to qwen-edge, and to
-bench/results/*.json. Where the weights are identical, the greedy tokens should match ours; the
-script says when they do not.
+Each engine runs in a process of its own, so its peak memory (the process's peak resident set,
+model loading included) is its own. Runs alternate between engines (A B C D A B C D ...) so that
+a machine that heats up or gets busy affects all of them alike. Medians go to a table, with
+ratios to qwen-edge, and to bench/results/*.json. Where the weights are identical, the greedy
+tokens should match ours; the script says when they do not.
 """
 
 from __future__ import annotations
@@ -19,11 +23,12 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -35,15 +40,16 @@ class RunResult:
     prompt_tps: float
     generation_tps: float
     time_to_first_token: float
-    peak_memory_gb: float
+    peak_memory_gb: float  # peak resident set of the engine's process
     tokens: list[int]
+    mlx_peak_gb: float | None = None  # MLX's own allocator peak, for the MLX engines
 
 
 Runner = Callable[[list[int], int], RunResult]
 
 
 def rss_peak_gb() -> float:
-    """Peak resident memory of this process so far (Linux and macOS)."""
+    """Return the peak resident memory of this process so far (Linux and macOS)."""
     import resource
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -72,13 +78,13 @@ def timed_generation(steps: Callable[[], object], prompt_len: int, gen: int) -> 
     )
 
 
-def qwen_edge_runner(model_dir: Path) -> tuple[Runner, str]:
+def qwen_edge_runner(model_dir: Path, dtype: str | None = None) -> tuple[Runner, str]:
     import mlx.core as mx
 
     from qwen_edge import backend, load, stream_generate
     from qwen_edge.tokenizer import Tokenizer
 
-    model, tokenizer = load(model_dir)
+    model, tokenizer = load(model_dir, dtype=dtype)
     no_stop = Tokenizer(tokenizer.hf, eos_token_ids=())
 
     def run(prompt: list[int], gen: int) -> RunResult:
@@ -87,7 +93,7 @@ def qwen_edge_runner(model_dir: Path) -> tuple[Runner, str]:
             len(prompt),
             gen,
         )
-        result.peak_memory_gb = mx.get_peak_memory() / 1e9
+        result.mlx_peak_gb = mx.get_peak_memory() / 1e9
         return result
 
     dtype = str(model.model.norm.weight.dtype).removeprefix("mlx.core.")
@@ -106,7 +112,7 @@ def mlx_lm_runner(model_dir: Path) -> tuple[Runner, str]:
         mx.reset_peak_memory()
         steps = generate_step(mx.array(prompt), model, max_tokens=gen)
         result = timed_generation(lambda: (token for token, _ in steps), len(prompt), gen)
-        result.peak_memory_gb = mx.get_peak_memory() / 1e9
+        result.mlx_peak_gb = mx.get_peak_memory() / 1e9
         return result
 
     return run, f"mlx-lm, {mx.default_device()}"
@@ -128,19 +134,17 @@ def transformers_runner(model_dir: Path) -> tuple[Runner, str]:
                 logits = model(token.view(1, 1), cache=cache, use_cache=True).logits
 
     def run(prompt: list[int], gen: int) -> RunResult:
-        result = timed_generation(lambda: steps(prompt, gen), len(prompt), gen)
-        result.peak_memory_gb = rss_peak_gb()
-        return result
+        return timed_generation(lambda: steps(prompt, gen), len(prompt), gen)
 
     return run, f"torch {torch.__version__}, {model.dtype}, {torch.get_num_threads()} threads"
 
 
-def llama_cpp_runner(model_dir: Path, work_dir: Path, gguf_type: str) -> tuple[Runner, str]:
-    from llama_cpp import Llama
-
+def export_gguf(model_dir: Path, work_dir: Path, gguf_type: str) -> Path:
+    """Write the GGUF that llama.cpp runs, in this process, so that the export's memory is not
+    counted as llama.cpp's."""
     from qwen_edge.convert.gguf_export import convert_to_gguf
 
-    gguf = convert_to_gguf(
+    return convert_to_gguf(
         str(model_dir),
         work_dir / f"model-{gguf_type}.gguf",
         gguf_type=gguf_type,
@@ -148,41 +152,124 @@ def llama_cpp_runner(model_dir: Path, work_dir: Path, gguf_type: str) -> tuple[R
         force=True,
         progress=None,
     )
+
+
+def llama_cpp_runner(gguf: Path, gguf_type: str) -> tuple[Runner, str]:
+    from llama_cpp import Llama
+
     threads = os.cpu_count() or 1
     llm = Llama(model_path=str(gguf), n_ctx=4096, n_threads=threads, verbose=False)
 
     def run(prompt: list[int], gen: int) -> RunResult:
         llm.reset()
         steps = llm.generate(prompt, temp=0.0, top_k=1, reset=True)
-        result = timed_generation(lambda: steps, len(prompt), gen)
-        result.peak_memory_gb = rss_peak_gb()
-        return result
+        return timed_generation(lambda: steps, len(prompt), gen)
 
     return run, f"llama-cpp-python, {gguf_type} GGUF, {threads} threads"
 
 
+ENGINES = ["qwen-edge", "qwen-edge-bf16", "mlx-lm", "transformers", "llama.cpp"]
+
+
+def make_runner(name: str, model_dir: Path, gguf: Path, gguf_type: str) -> tuple[Runner, str]:
+    """Build the runner of engine `name` (in a worker process)."""
+    if name == "qwen-edge":
+        return qwen_edge_runner(model_dir)
+    if name == "qwen-edge-bf16":
+        return qwen_edge_runner(model_dir, dtype="bfloat16")
+    if name == "mlx-lm":
+        return mlx_lm_runner(model_dir)
+    if name == "transformers":
+        return transformers_runner(model_dir)
+    return llama_cpp_runner(gguf, gguf_type)
+
+
+def worker(name: str, model_dir: Path, gguf: Path, gguf_type: str) -> int:
+    """Serve runs of one engine: read {"prompt", "gen"} lines on stdin, answer with result lines.
+
+    Libraries that print to stdout would corrupt the answers, so this process's stdout goes to
+    stderr and answers go to a private copy of the original stdout.
+    """
+    answers = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    try:
+        run, note = make_runner(name, model_dir, gguf, gguf_type)
+    except ImportError as error:
+        answers.write(json.dumps({"skip": str(error)}) + "\n")
+        return 0
+    answers.write(json.dumps({"note": note}) + "\n")
+    for line in sys.stdin:
+        request = json.loads(line)
+        result = run(request["prompt"], request["gen"])
+        result.peak_memory_gb = rss_peak_gb()
+        answers.write(json.dumps(asdict(result)) + "\n")
+    return 0
+
+
+class Engine:
+    """One engine's worker process, seen from the parent."""
+
+    def __init__(self, name: str, model_dir: Path, gguf: Path, gguf_type: str) -> None:
+        self.name = name
+        command = [sys.executable, __file__, "--worker", name, "-m", str(model_dir)]
+        command += ["--gguf", str(gguf), "--gguf-type", gguf_type]
+        self.process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, encoding="utf-8"
+        )
+        hello = self._read()
+        self.skip: str | None = hello.get("skip")
+        self.note: str = hello.get("note", "")
+
+    def run(self, prompt: list[int], gen: int) -> RunResult:
+        assert self.process.stdin is not None
+        self.process.stdin.write(json.dumps({"prompt": prompt, "gen": gen}) + "\n")
+        self.process.stdin.flush()
+        return RunResult(**self._read())
+
+    def close(self) -> None:
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        self.process.wait()
+
+    def _read(self) -> dict:
+        assert self.process.stdout is not None
+        line = self.process.stdout.readline()
+        if not line:
+            code = self.process.wait()
+            raise RuntimeError(f"the {self.name} worker exited with status {code}; see above")
+        return json.loads(line)
+
+
 def median_row(results: list[RunResult]) -> dict[str, float]:
-    return {
+    row = {
         "prompt_tps": statistics.median(r.prompt_tps for r in results),
         "generation_tps": statistics.median(r.generation_tps for r in results),
         "time_to_first_token": statistics.median(r.time_to_first_token for r in results),
         "peak_memory_gb": max(r.peak_memory_gb for r in results),
     }
+    if results[0].mlx_peak_gb is not None:
+        row["mlx_peak_gb"] = max(r.mlx_peak_gb or 0.0 for r in results)
+    return row
 
 
 def print_table(rows: dict[str, dict[str, float]], notes: dict[str, str]) -> None:
     ours = rows["qwen-edge"]
-    header = f"{'engine':<13} {'prompt tok/s':>13} {'gen tok/s':>10} {'TTFT s':>8} {'peak GB':>8}"
-    print(header + f"  {'prompt x':>8} {'gen x':>6}")
+    header = f"{'engine':<15} {'prompt tok/s':>13} {'gen tok/s':>10} {'TTFT s':>8} {'peak GB':>8}"
+    print(header + f"  {'prompt x':>8} {'gen x':>6} {'mem x':>6}")
     for name, row in rows.items():
         prompt_ratio = row["prompt_tps"] / ours["prompt_tps"] if ours["prompt_tps"] else 0
         gen_ratio = row["generation_tps"] / ours["generation_tps"] if ours["generation_tps"] else 0
+        memory_ratio = row["peak_memory_gb"] / ours["peak_memory_gb"]
         print(
-            f"{name:<13} {row['prompt_tps']:>13.1f} {row['generation_tps']:>10.2f} "
+            f"{name:<15} {row['prompt_tps']:>13.1f} {row['generation_tps']:>10.2f} "
             f"{row['time_to_first_token']:>8.3f} {row['peak_memory_gb']:>8.2f}  "
-            f"{prompt_ratio:>8.2f} {gen_ratio:>6.2f}   {notes[name]}"
+            f"{prompt_ratio:>8.2f} {gen_ratio:>6.2f} {memory_ratio:>6.2f}   {notes[name]}"
         )
-    print("ratios are engine / qwen-edge (above 1: the peer is faster)")
+    print(
+        "ratios are engine / qwen-edge (speed above 1: the engine is faster; memory below 1: it "
+        "needs less). peak GB: peak resident set of the engine's own process."
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -192,46 +279,57 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-g", "--gen-tokens", type=int, default=128)
     parser.add_argument("-n", "--runs", type=int, default=3)
     parser.add_argument(
-        "--engines",
-        default="qwen-edge,mlx-lm,transformers,llama.cpp",
-        help="comma-separated subset of the engines",
+        "--engines", default=",".join(ENGINES), help="comma-separated subset of the engines"
     )
     parser.add_argument("--gguf-type", default="bf16", help="GGUF type for llama.cpp")
+    parser.add_argument(
+        "--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON record goes"
+    )
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--gguf", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
     from qwen_edge import store
-    from qwen_edge.bench import benchmark_prompt
     from qwen_edge.loader import resolve_model_path
-    from qwen_edge.tokenizer import Tokenizer
 
     model_dir = resolve_model_path(args.model or store.default_model())
+    if args.worker:
+        return worker(args.worker, model_dir, args.gguf, args.gguf_type)
+
+    from qwen_edge.bench import benchmark_prompt
+    from qwen_edge.tokenizer import Tokenizer
+
     prompt = benchmark_prompt(Tokenizer.from_pretrained(model_dir), args.prompt_tokens)
     wanted = [e.strip() for e in args.engines.split(",")]
+    for name in wanted:
+        if name not in ENGINES:
+            parser.error(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
 
-    runners: dict[str, Runner] = {}
+    engines: dict[str, Engine] = {}
     notes: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix="qwen-edge-bench-") as tmp:
-        factories = {
-            "qwen-edge": lambda: qwen_edge_runner(model_dir),
-            "mlx-lm": lambda: mlx_lm_runner(model_dir),
-            "transformers": lambda: transformers_runner(model_dir),
-            "llama.cpp": lambda: llama_cpp_runner(model_dir, Path(tmp), args.gguf_type),
-        }
-        for name in wanted:
-            if name not in factories:
-                parser.error(f"unknown engine {name!r}; choose from {', '.join(factories)}")
-            try:
-                runners[name], notes[name] = factories[name]()
-            except ImportError as error:
-                print(f"skipping {name}: {error}", file=sys.stderr)
+        gguf = Path(tmp) / "none.gguf"
+        if "llama.cpp" in wanted:
+            gguf = export_gguf(model_dir, Path(tmp), args.gguf_type)
+        try:
+            for name in wanted:
+                engine = Engine(name, model_dir, gguf, args.gguf_type)
+                if engine.skip:
+                    print(f"skipping {name}: {engine.skip}", file=sys.stderr)
+                    engine.close()
+                    continue
+                engines[name], notes[name] = engine, engine.note
 
-        results: dict[str, list[RunResult]] = {name: [] for name in runners}
-        for run in runners.values():  # warm-up
-            run(prompt[:16], 2)
-        for i in range(args.runs):
-            for name, run in runners.items():
-                results[name].append(run(prompt, args.gen_tokens))
-                print(f"run {i + 1}/{args.runs} {name}: done", file=sys.stderr)
+            results: dict[str, list[RunResult]] = {name: [] for name in engines}
+            for engine in engines.values():  # warm-up
+                engine.run(prompt[:16], 2)
+            for i in range(args.runs):
+                for name, engine in engines.items():
+                    results[name].append(engine.run(prompt, args.gen_tokens))
+                    print(f"run {i + 1}/{args.runs} {name}: done", file=sys.stderr)
+        finally:
+            for engine in engines.values():
+                engine.close()
 
     rows = {name: median_row(r) for name, r in results.items()}
     print(
@@ -255,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
                 None,
             )
             print(f"greedy tokens of {name} differ from qwen-edge's (first at step {where})")
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     record = {
         "model": model_dir.name,
@@ -267,7 +365,7 @@ def main(argv: list[str] | None = None) -> int:
         "engines": {name: {**rows[name], "note": notes[name]} for name in rows},
         "greedy_tokens_match_qwen_edge": matches,
     }
-    out = RESULTS_DIR / f"{stamp}-{platform.node() or 'host'}.json"
+    out = args.results_dir / f"{stamp}-{platform.node() or 'host'}.json"
     out.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {out}", file=sys.stderr)
     return 0

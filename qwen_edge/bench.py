@@ -101,10 +101,17 @@ def apple_chip() -> str | None:
 
 
 def weight_bytes(model: Qwen2Model) -> int:
-    """Bytes of all parameters: what one decode step reads, apart from the KV cache. The
-    embedding lookup reads one row, but the (tied or untied) output head reads a whole matrix
-    of the same size, so counting every parameter once is right."""
-    return sum(value.nbytes for _, value in tree_flatten(model.parameters()))
+    """Return the parameter bytes one decode step reads, apart from the KV cache.
+
+    That is every parameter, except that an untied embedding table counts as the one row a
+    lookup reads. A tied table is read whole, as the output head.
+    """
+    total = sum(value.nbytes for _, value in tree_flatten(model.parameters()))
+    if model.config.tie_word_embeddings:
+        return total
+    embedding = model.model.embed_tokens
+    table = sum(value.nbytes for _, value in tree_flatten(embedding.parameters()))
+    return total - table + table // model.config.vocab_size
 
 
 def kv_bytes_per_token(model: Qwen2Model, prompt_tokens: int, generation_tokens: int) -> int:

@@ -85,19 +85,37 @@ def load_model(
 
     _check_tensors(model, weights, directory)
     if dtype is not None:
-        weights = _cast(weights, dtype)
+        # An untied embedding table is only indexed, so widening it buys nothing: it keeps a
+        # narrower stored dtype and the model casts the rows it looks up.
+        keep = () if config.tie_word_embeddings else ("model.embed_tokens.weight",)
+        weights = _cast(weights, dtype, keep_narrower=keep)
     model.load_weights(list(weights.items()), strict=True)
+    del weights
     model.weight_layout = "float"
     if config.quantization is not None:
         model.weight_layout = choose_layout(layout, model)
         if model.weight_layout == "float":
-            dequantize_model(model, DTYPES[dtype] if dtype else None)
-    if fuse:
-        model.fuse_projections()
+            dequantize_model(
+                model,
+                DTYPES[dtype] if dtype else None,
+                keep_embedding=not config.tie_word_embeddings,
+            )
     if not lazy:
-        mx.eval(model.parameters())
+        _eval_one_by_one(model)
+    if fuse:
+        model.fuse_projections(evaluate=not lazy)
+    if not lazy:
+        mx.clear_cache()
     model.eval()
     return model
+
+
+def _eval_one_by_one(model: Qwen2Model) -> None:
+    """Evaluate the parameters one tensor at a time. A cast or dequantized weight then frees its
+    source before the next is read, so the peak stays near the final size instead of the sum of
+    both forms."""
+    for _, parameter in tree_flatten(model.parameters()):
+        mx.eval(parameter)
 
 
 def backend_dtype(config: ModelConfig) -> str | None:
@@ -152,11 +170,19 @@ def choose_layout(layout: str, model: Qwen2Model) -> str:
     return "float"
 
 
-def dequantize_model(model: Qwen2Model, dtype: mx.Dtype | None = None) -> None:
+def dequantize_model(
+    model: Qwen2Model, dtype: mx.Dtype | None = None, keep_embedding: bool = False
+) -> None:
     """Replace every quantized layer with a float layer holding its dequantized weights (in
-    `dtype`, default the dtype of its scales)."""
+    `dtype`, default the dtype of its scales).
+
+    `keep_embedding`: leave a quantized embedding table as it is. An untied table is only
+    indexed, and looking up a few quantized rows is cheap on every backend.
+    """
     replacements = []
     for path, module in model.named_modules():
+        if keep_embedding and isinstance(module, nn.QuantizedEmbedding):
+            continue
         if isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
             replacements.append((path, _dequantized(module, dtype)))
     model.update_modules(tree_unflatten(replacements))
@@ -286,11 +312,20 @@ def check_tensor_shapes(
         )
 
 
-def _cast(weights: dict[str, mx.array], dtype: str) -> dict[str, mx.array]:
+def _cast(
+    weights: dict[str, mx.array], dtype: str, keep_narrower: tuple[str, ...] = ()
+) -> dict[str, mx.array]:
+    """Cast the floating-point tensors to `dtype`, except those named in `keep_narrower` whose
+    stored dtype is already narrower than `dtype`."""
     if dtype not in DTYPES:
         raise CheckpointError(f"dtype {dtype!r} is not one of {', '.join(DTYPES)}")
     target = DTYPES[dtype]
-    return {
-        name: value.astype(target) if mx.issubdtype(value.dtype, mx.floating) else value
-        for name, value in weights.items()
-    }
+    cast = {}
+    for name, value in weights.items():
+        if not mx.issubdtype(value.dtype, mx.floating):
+            cast[name] = value
+        elif name in keep_narrower and value.dtype.size < target.size:
+            cast[name] = value
+        else:
+            cast[name] = value.astype(target)
+    return cast

@@ -159,7 +159,8 @@ class Qwen2Backbone(nn.Module):
             cache.check_room(tokens.shape[1])
             offset = cache.offset
 
-        h = self.embed_tokens(tokens)  # (B, L, D)
+        # An untied table may be stored narrower than the layers compute (see the loader).
+        h = self.embed_tokens(tokens).astype(self.norm.weight.dtype)  # (B, L, D)
         for layer in self.layers:
             h = layer(h, cache, offset)
 
@@ -197,13 +198,19 @@ class Qwen2Model(nn.Module):
             return self.model.embed_tokens.as_linear(h)
         return self.lm_head(h)
 
-    def fuse_projections(self) -> int:
+    def fuse_projections(self, evaluate: bool = False) -> int:
         """Fuse q/k/v and gate/up in every layer where their layouts match; return how many
-        groups were fused. Logits stay the same up to float rounding."""
+        groups were fused. Logits stay the same up to float rounding.
+
+        `evaluate`: compute each layer's fused weights before the next layer's, so that at most
+        one layer has its separate and fused copies in memory at the same time.
+        """
         fused = 0
         for layer in self.model.layers:
             fused += layer.self_attn.fuse()
             fused += layer.mlp.fuse()
+            if evaluate:
+                mx.eval(layer.parameters())
         return fused
 
     def make_cache(

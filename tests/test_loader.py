@@ -9,6 +9,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 
 from conftest import nmse
 from qwen_edge.config import ModelConfig
@@ -195,3 +196,63 @@ def test_unknown_layout_is_rejected(mlx_lm_quantized):
 
     with pytest.raises(CheckpointError, match="layout 'int3'"):
         load_model(directory, ModelConfig.from_file(directory), layout="int3")
+
+
+def bf16_checkpoint(tiny_checkpoint, **options):
+    """A tiny checkpoint stored in bfloat16, as Qwen's own checkpoints are."""
+    directory = tiny_checkpoint(**options)
+    rewrite_weights(directory, lambda w: w.update({k: v.astype(mx.bfloat16) for k, v in w.items()}))
+    return directory
+
+
+def test_untied_embedding_stays_narrow(tiny_checkpoint):
+    directory = bf16_checkpoint(tiny_checkpoint)
+    model = load_dir(directory, dtype="float32")
+    ids = mx.array([[5, 17, 42, 99, 3]])
+
+    assert model.model.embed_tokens.weight.dtype == mx.bfloat16
+    assert model.lm_head.weight.dtype == mx.float32
+    assert model.model.layers[0].mlp.down_proj.weight.dtype == mx.float32
+    # Widening is exact, so a float32 table gives the same logits bit for bit.
+    logits = np.array(model(ids))
+    model.model.embed_tokens.weight = model.model.embed_tokens.weight.astype(mx.float32)
+    assert logits.dtype == np.float32
+    assert np.array_equal(logits, np.array(model(ids)))
+
+
+def test_tied_embedding_is_widened(tiny_checkpoint):
+    directory = bf16_checkpoint(tiny_checkpoint, tie_word_embeddings=True)
+    model = load_dir(directory, dtype="float32")
+
+    assert model.model.embed_tokens.weight.dtype == mx.float32
+
+
+def test_untied_quantized_embedding_kept(tmp_path, tiny_checkpoint):
+    from mlx_lm import convert as mlx_lm_convert
+
+    quantized = tmp_path / "mlx-q-untied"
+    mlx_lm_convert(str(tiny_checkpoint()), str(quantized), quantize=True, q_bits=8)
+    config = ModelConfig.from_file(quantized)
+    floats = load_model(quantized, config, dtype="float32", layout="float")
+    reference = load_model(quantized, config, dtype="float32", layout="quantized")
+    ids = mx.array([[5, 17, 42, 99, 3, 250, 7, 8]])
+
+    assert isinstance(floats.model.embed_tokens, nn.QuantizedEmbedding)
+    assert type(floats.lm_head) is nn.Linear
+    assert nmse(np.array(floats(ids)), np.array(reference(ids))) < 1e-8
+
+
+def test_load_peak_near_final_size(tiny_checkpoint):
+    # A float32 load of bf16 weights used to hold both forms of every tensor at once. Now the
+    # extra memory is at most the largest source tensor plus one layer's unfused projections.
+    directory = bf16_checkpoint(tiny_checkpoint, num_hidden_layers=6, tie_word_embeddings=True)
+    largest = max(v.nbytes for v in read_weights(directory).values())
+    mx.eval(mx.zeros(1))
+    mx.clear_cache()
+    mx.reset_peak_memory()
+    before = mx.get_active_memory()
+    model = load_model(directory, ModelConfig.from_file(directory), dtype="float32", fuse=True)
+    final = mx.get_active_memory() - before
+    one_layer = sum(v.nbytes for _, v in tree_flatten(model.model.layers[0].parameters()))
+
+    assert mx.get_peak_memory() - before - final <= largest + one_layer
