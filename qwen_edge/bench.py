@@ -56,6 +56,7 @@ class BenchResult:
     weight_layout: str
     dtype: str
     blas: str  # the BLAS serving MLX's CPU matmuls
+    compiled_step: bool  # decode steps ran as one compiled graph
     device: str
     chip: str | None
     bandwidth_gbps: float | None
@@ -67,7 +68,8 @@ class BenchResult:
     def format(self) -> str:
         lines = [
             f"device: {self.device} ({self.chip or platform.machine()}), weights: "
-            f"{self.weight_layout} {self.dtype}, BLAS: {self.blas}",
+            f"{self.weight_layout} {self.dtype}, BLAS: {self.blas}, compiled decode step: "
+            f"{'on' if self.compiled_step else 'off'}",
             f"prompt:     {self.prompt_tokens} tokens, {self.prompt_tps:.1f} tok/s "
             f"(time to first token {self.time_to_first_token:.3f} s)",
             f"generation: {self.generation_tokens} tokens, {self.generation_tps:.2f} tok/s",
@@ -146,15 +148,22 @@ def run_benchmark(
     prompt_tokens: int = 512,
     generation_tokens: int = 128,
     runs: int = 3,
+    compile_step: bool | None = None,
 ) -> BenchResult:
     """Time `runs` generations of exactly `generation_tokens` after a `prompt_tokens` prompt
-    (stop tokens are ignored) and return the medians. One short warm-up run comes first."""
+    (stop tokens are ignored) and return the medians. One short warm-up run comes first.
+    `compile_step` is passed to `stream_generate` (None: decided by backend)."""
+    if compile_step is None:
+        compile_step = mx.default_device() != mx.cpu
     prompt = benchmark_prompt(tokenizer, prompt_tokens)
     no_stop = Tokenizer(tokenizer.hf, eos_token_ids=())
 
     def one_run(max_tokens: int) -> GenerationStats:
-        events = list(stream_generate(model, no_stop, prompt, max_tokens=max_tokens))
-        return events[-1].stats
+        events = stream_generate(
+            model, no_stop, prompt, max_tokens=max_tokens, compile_step=compile_step
+        )
+        *_, last = events
+        return last.stats
 
     one_run(2)
     stats = [one_run(generation_tokens) for _ in range(runs)]
@@ -180,6 +189,7 @@ def run_benchmark(
         weight_layout=model.weight_layout,
         dtype=str(model.model.norm.weight.dtype).removeprefix("mlx.core."),
         blas=backend.blas_summary(),
+        compiled_step=compile_step,
         device=str(mx.default_device()),
         chip=chip,
         bandwidth_gbps=bandwidth,

@@ -79,6 +79,21 @@ class KVCache:
                 "max size"
             )
 
+    def reserve(self, n_new: int) -> None:
+        """Grow every layer's buffers, where they exist, to hold `n_new` more positions. The
+        compiled decode step calls this because it cannot grow them itself."""
+        end = self.offset + n_new
+        for layer, stored_keys in enumerate(self.keys):
+            if stored_keys is not None and end > stored_keys.shape[2]:
+                self.keys[layer], self.values[layer] = self._grow(
+                    stored_keys, self.values[layer], stored_keys, end, filled=self.offset
+                )
+
+    def mask(self, n_new: int) -> str | None:
+        """Return the attention mask for `n_new` queries over the keys `update_and_fetch`
+        returns: causal for several, none for one."""
+        return "causal" if n_new > 1 else None
+
     def update_and_fetch(
         self, layer: int, keys: mx.array, values: mx.array
     ) -> tuple[mx.array, mx.array]:

@@ -448,6 +448,12 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
         default="auto",
         help="quantized layers: keep them, dequantize to float, or decide by backend (auto)",
     )
+    parser.add_argument(
+        "--compile-step",
+        choices=["auto", "on", "off"],
+        default="auto",
+        help="run decode steps as one compiled graph (auto: on GPUs, off on the CPU)",
+    )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(run=_run_bench)
 
@@ -468,7 +474,10 @@ def _run_bench(args: argparse.Namespace) -> int:
             f"--prompt-tokens {args.prompt_tokens} + --gen-tokens {args.gen_tokens} exceed the "
             f"model's context of {context} tokens"
         )
-    result = run_benchmark(model, tokenizer, args.prompt_tokens, args.gen_tokens, args.runs)
+    compile_step = {"auto": None, "on": True, "off": False}[args.compile_step]
+    result = run_benchmark(
+        model, tokenizer, args.prompt_tokens, args.gen_tokens, args.runs, compile_step
+    )
     print(json.dumps(result.as_dict(), indent=2) if args.json else result.format())
     return 0
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import mlx.core as mx
 
 from qwen_edge.cache import KVCache
+from qwen_edge.compiled import compiled_decode
 from qwen_edge.errors import QwenEdgeError
 from qwen_edge.model import Qwen2Model
 from qwen_edge.sample import Sampler, SamplingSettings
@@ -79,6 +80,7 @@ def stream_generate(
     sampling: SamplingSettings | None = None,
     cache: KVCache | None = None,
     prefill_step_size: int = 512,
+    compile_step: bool | None = None,
     **sampling_options: float | int | None,
 ) -> Iterator[GenerationEvent]:
     """Generate a reply to `prompt`, yielding one event per new token.
@@ -87,6 +89,8 @@ def stream_generate(
     Sampling: pass `sampling`, or its fields as keywords (temperature, top_p, top_k, min_p,
     repetition_penalty, repetition_context_size, seed); the default is greedy.
     `cache`: a KV cache to append to (for instance the previous turn's); a new one by default.
+    `compile_step`: run decode steps as one compiled graph (see compiled.py) where the cache
+    allows it. None decides by backend: on for GPUs, off for the CPU, where it measured slower.
     Generation stops at any of the tokenizer's stop ids ("stop") or after `max_tokens` ("length").
     """
     if max_tokens < 1:
@@ -114,6 +118,15 @@ def stream_generate(
             history = mx.concatenate([history, token.astype(mx.int32)])[-sampler.context_size :]
         return token
 
+    if compile_step is None:
+        compile_step = mx.default_device() != mx.cpu
+    compiled = compiled_decode(model) if compile_step else None
+
+    def decode(token: mx.array) -> mx.array:
+        if compiled is not None and compiled.supports(cache):
+            return compiled(token[None], cache)[:, -1, :]
+        return model(token[None], cache, last_only=True)[:, -1, :]
+
     # prefill, then the first token
     token = step(prefill(model, history, cache, prefill_step_size))
     mx.async_eval(token)
@@ -124,7 +137,7 @@ def stream_generate(
         # queue the next step before waiting for this token
         next_token = None
         if generated + 1 < max_tokens and cache.has_room(1):
-            next_token = step(model(token[None], cache, last_only=True)[:, -1, :])
+            next_token = step(decode(token))
             mx.async_eval(next_token)
 
         token_id = token.item()

@@ -322,10 +322,7 @@ def _cast(
     target = DTYPES[dtype]
     cast = {}
     for name, value in weights.items():
-        if not mx.issubdtype(value.dtype, mx.floating):
-            cast[name] = value
-        elif name in keep_narrower and value.dtype.size < target.size:
-            cast[name] = value
-        else:
-            cast[name] = value.astype(target)
+        floating = mx.issubdtype(value.dtype, mx.floating)
+        kept = name in keep_narrower and value.dtype.size < target.size
+        cast[name] = value.astype(target) if floating and not kept else value
     return cast

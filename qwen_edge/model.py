@@ -50,7 +50,7 @@ class Attention(nn.Module):
         # YaRN's attention factor scales cos and sin of both queries and keys, hence the square.
         self.scale = self.rope.attention_factor**2 / self.head_dim**0.5
 
-    def __call__(self, x: mx.array, cache: KVCache | None, offset: int) -> mx.array:
+    def __call__(self, x: mx.array, cache: KVCache | None, offset: int | mx.array) -> mx.array:
         B, L, _ = x.shape
 
         # project and split heads: (B, L, H * head_dim) -> (B, H, L, head_dim)
@@ -65,13 +65,14 @@ class Attention(nn.Module):
             keys, values = cache.update_and_fetch(self.layer, keys, values)  # (B, n_kv, S, hd)
 
         # The causal mask of mx.fast aligns the last query with the last key, which is right
-        # for new tokens appended after a cached prefix. One query needs no mask.
+        # for new tokens appended after a cached prefix. One query needs no mask, except in the
+        # compiled step, which attends over the whole buffer (see compiled.py).
         if cache is not None and cache.bits is not None:
             out = quantized_attention(
                 queries, keys, values, self.scale, L > 1, cache.bits, cache.group_size
             )
         else:
-            mask = "causal" if L > 1 else None
+            mask = cache.mask(L) if cache is not None else ("causal" if L > 1 else None)
             out = mx.fast.scaled_dot_product_attention(
                 queries, keys, values, scale=self.scale, mask=mask
             )
@@ -139,7 +140,7 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def __call__(self, x: mx.array, cache: KVCache | None, offset: int) -> mx.array:
+    def __call__(self, x: mx.array, cache: KVCache | None, offset: int | mx.array) -> mx.array:
         h = x + self.self_attn(self.input_layernorm(x), cache, offset)
         return h + self.mlp(self.post_attention_layernorm(h))
 

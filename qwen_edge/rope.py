@@ -84,7 +84,7 @@ class RoPE(nn.Module):
         self._freqs = 1.0 / inv_freq
         self.attention_factor = attention_factor
 
-    def __call__(self, x: mx.array, offset: int) -> mx.array:
+    def __call__(self, x: mx.array, offset: int | mx.array) -> mx.array:
         return mx.fast.rope(
             x,
             self.head_dim,
