@@ -13,6 +13,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from qwen_edge import backend
 from qwen_edge.config import ModelConfig
+from qwen_edge.cpu_layout import transpose_wide_linears
 from qwen_edge.errors import CheckpointError
 from qwen_edge.model import Qwen2Model
 from qwen_edge.tokenizer import Tokenizer
@@ -104,6 +105,8 @@ def load_model(
         _eval_one_by_one(model)
     if fuse:
         model.fuse_projections(evaluate=not lazy)
+    if wants_transposed_layout(model):
+        transpose_wide_linears(model, evaluate=not lazy)
     if not lazy:
         mx.clear_cache()
     model.eval()
@@ -116,6 +119,14 @@ def _eval_one_by_one(model: Qwen2Model) -> None:
     both forms."""
     for _, parameter in tree_flatten(model.parameters()):
         mx.eval(parameter)
+
+
+def wants_transposed_layout(model: Qwen2Model) -> bool:
+    """Return True on the CPU backend when native/gemv.c is loaded and the layers compute in
+    float32, where the wide projections run faster stored as [in, out] (see cpu_layout.py)."""
+    if mx.default_device() != mx.cpu or backend.gemv_shim is None:
+        return False
+    return model.model.norm.weight.dtype == mx.float32
 
 
 def backend_dtype(config: ModelConfig) -> str | None:
