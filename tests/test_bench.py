@@ -43,7 +43,7 @@ def test_bench_run_two_engines(tmp_path, demo_model_dir):
     record = json.loads(next(tmp_path.glob("*.json")).read_text(encoding="utf-8"))
     ours, bf16 = record["engines"]["qwen-edge"], record["engines"]["qwen-edge-bf16"]
     assert ours["generation_tps"] > 0
-    # Each engine runs in its own process, so the bf16 one holds no float32 copy of the weights.
+    # Each engine runs in its own process, so the bf16 one has no float32 copy of the weights.
     assert 0 < bf16["peak_memory_gb"] < ours["peak_memory_gb"]
     assert "bfloat16" in bf16["note"]
     assert set(record["greedy_tokens_match_qwen_edge"]) == {"qwen-edge", "qwen-edge-bf16"}
