@@ -105,7 +105,8 @@ def load_model(
         _eval_one_by_one(model)
     if fuse:
         model.fuse_projections(evaluate=not lazy)
-    if wants_transposed_layout(model):
+    # Only with fusion: a model loaded unfused may be fused later, which needs nn.Linear layers.
+    if fuse and wants_transposed_layout(model):
         transpose_wide_linears(model, evaluate=not lazy)
     if not lazy:
         mx.clear_cache()
