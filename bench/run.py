@@ -13,7 +13,7 @@ Each engine runs in a process of its own, so its peak memory (the process's peak
 model loading included) is its own. Runs alternate between engines (A B C D A B C D ...) so that
 a machine that heats up or gets busy affects all of them alike. Medians go to a table, with
 ratios to qwen-edge, and to bench/results/*.json. Where the weights are identical, the greedy
-tokens should match ours; the script says when they do not.
+tokens should match ours, and the script reports any that do not.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def qwen_edge_runner(model_dir: Path, dtype: str | None = None) -> tuple[Runner,
         result.mlx_peak_gb = mx.get_peak_memory() / 1e9
         return result
 
-    dtype = str(model.model.norm.weight.dtype).removeprefix("mlx.core.")
+    dtype = str(model.dtype).removeprefix("mlx.core.")
     blas = backend.blas_summary()
     return run, f"weights {model.weight_layout} {dtype}, {mx.default_device()}, {blas}"
 
@@ -185,25 +185,26 @@ def make_runner(name: str, model_dir: Path, gguf: Path, gguf_type: str) -> tuple
 
 
 def worker(name: str, model_dir: Path, gguf: Path, gguf_type: str) -> int:
-    """Serve runs of one engine: read {"prompt", "gen"} lines on stdin, answer with result lines.
+    """Serve runs of one engine: read {"prompt", "gen"} requests on stdin, write one result line
+    for each.
 
-    Libraries that print to stdout would corrupt the answers, so this process's stdout goes to
-    stderr and answers go to a private copy of the original stdout.
+    Libraries that print to stdout would corrupt the results, so this process's stdout goes to
+    stderr and results go to a private copy of the original stdout.
     """
-    answers = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    output = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
     os.dup2(2, 1)
     sys.stdout = sys.stderr
     try:
         run, note = make_runner(name, model_dir, gguf, gguf_type)
     except ImportError as error:
-        answers.write(json.dumps({"skip": str(error)}) + "\n")
+        output.write(json.dumps({"skip": str(error)}) + "\n")
         return 0
-    answers.write(json.dumps({"note": note}) + "\n")
+    output.write(json.dumps({"note": note}) + "\n")
     for line in sys.stdin:
         request = json.loads(line)
         result = run(request["prompt"], request["gen"])
         result.peak_memory_gb = rss_peak_gb()
-        answers.write(json.dumps(asdict(result)) + "\n")
+        output.write(json.dumps(asdict(result)) + "\n")
     return 0
 
 

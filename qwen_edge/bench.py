@@ -16,6 +16,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from qwen_edge import backend
+from qwen_edge.compiled import default_compile_step
 from qwen_edge.generate import GenerationStats, stream_generate
 from qwen_edge.model import Qwen2Model
 from qwen_edge.tokenizer import Tokenizer
@@ -120,7 +121,7 @@ def kv_bytes_per_token(model: Qwen2Model, prompt_tokens: int, generation_tokens:
     """Bytes of cached keys and values read by an average decode step."""
     config = model.config
     mean_length = prompt_tokens + generation_tokens / 2
-    itemsize = model.model.norm.weight.dtype.size
+    itemsize = model.dtype.size
     return int(2 * config.n_layers * config.n_kv_heads * config.head_dim * itemsize * mean_length)
 
 
@@ -154,7 +155,7 @@ def run_benchmark(
     (stop tokens are ignored) and return the medians. One short warm-up run comes first.
     `compile_step` is passed to `stream_generate` (None: decided by backend)."""
     if compile_step is None:
-        compile_step = mx.default_device() != mx.cpu
+        compile_step = default_compile_step()
     prompt = benchmark_prompt(tokenizer, prompt_tokens)
     no_stop = Tokenizer(tokenizer.hf, eos_token_ids=())
 
@@ -187,7 +188,7 @@ def run_benchmark(
         peak_memory_gb=max(s.peak_memory_gb for s in stats),
         bytes_per_token=bytes_per_token,
         weight_layout=model.weight_layout,
-        dtype=str(model.model.norm.weight.dtype).removeprefix("mlx.core."),
+        dtype=str(model.dtype).removeprefix("mlx.core."),
         blas=backend.blas_summary(),
         compiled_step=compile_step,
         device=str(mx.default_device()),

@@ -9,10 +9,13 @@ they keep it.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import mlx.core as mx
 import mlx.nn as nn
 
-from qwen_edge.model import Qwen2Model
+if TYPE_CHECKING:
+    from qwen_edge.model import Qwen2Model
 
 
 class TransposedLinear(nn.Module):

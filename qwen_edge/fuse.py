@@ -12,12 +12,14 @@ import copy
 import mlx.core as mx
 import mlx.nn as nn
 
+from qwen_edge.cpu_layout import TransposedLinear
+
 
 def fuse_linears(layers: list[nn.Module]) -> nn.Module | None:
     """Return one layer whose output is the concatenation of `layers`' outputs, or None when
     they cannot share a matmul (mixed float and quantized layers, or different bits)."""
     first = layers[0]
-    if type(first) not in (nn.Linear, nn.QuantizedLinear):
+    if type(first) not in (nn.Linear, nn.QuantizedLinear, TransposedLinear):
         return None
     if any(type(layer) is not type(first) for layer in layers):
         return None
@@ -30,8 +32,12 @@ def fuse_linears(layers: list[nn.Module]) -> nn.Module | None:
         if "biases" in first:
             fused.biases = mx.concatenate([layer.biases for layer in layers])
 
-    # Rows are output features, so concatenating along axis 0 stacks the outputs.
-    fused.weight = mx.concatenate([layer.weight for layer in layers])
+    # Output features are the rows of `weight` and the columns of `weight_t`, so concatenating
+    # along that axis stacks the outputs.
+    if isinstance(first, TransposedLinear):
+        fused.weight_t = mx.concatenate([layer.weight_t for layer in layers], axis=1)
+    else:
+        fused.weight = mx.concatenate([layer.weight for layer in layers])
     with_bias = ["bias" in layer for layer in layers]
     if any(with_bias):
         if not all(with_bias):

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import mlx.core as mx
 
 from qwen_edge.cache import KVCache
-from qwen_edge.compiled import compiled_decode
+from qwen_edge.compiled import compiled_decode, default_compile_step
 from qwen_edge.errors import QwenEdgeError
 from qwen_edge.model import Qwen2Model
 from qwen_edge.sample import Sampler, SamplingSettings
@@ -119,7 +119,7 @@ def stream_generate(
         return token
 
     if compile_step is None:
-        compile_step = mx.default_device() != mx.cpu
+        compile_step = default_compile_step()
     compiled = compiled_decode(model) if compile_step else None
 
     def decode(token: mx.array) -> mx.array:

@@ -105,8 +105,7 @@ def load_model(
         _eval_one_by_one(model)
     if fuse:
         model.fuse_projections(evaluate=not lazy)
-    # Only with fusion: a model loaded unfused may be fused later, which needs nn.Linear layers.
-    if fuse and wants_transposed_layout(model):
+    if wants_transposed_layout(model):
         transpose_wide_linears(model, evaluate=not lazy)
     if not lazy:
         mx.clear_cache()
@@ -127,7 +126,7 @@ def wants_transposed_layout(model: Qwen2Model) -> bool:
     float32, where the wide projections run faster stored as [in, out] (see cpu_layout.py)."""
     if mx.default_device() != mx.cpu or backend.gemv_shim is None:
         return False
-    return model.model.norm.weight.dtype == mx.float32
+    return model.dtype == mx.float32
 
 
 def backend_dtype(config: ModelConfig) -> str | None:
@@ -335,6 +334,6 @@ def _cast(
     cast = {}
     for name, value in weights.items():
         floating = mx.issubdtype(value.dtype, mx.floating)
-        kept = name in keep_narrower and value.dtype.size < target.size
-        cast[name] = value.astype(target) if floating and not kept else value
+        already_narrower = name in keep_narrower and value.dtype.size < target.size
+        cast[name] = value.astype(target) if floating and not already_narrower else value
     return cast

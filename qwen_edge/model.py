@@ -72,7 +72,9 @@ class Attention(nn.Module):
                 queries, keys, values, self.scale, L > 1, cache.bits, cache.group_size
             )
         else:
-            mask = cache.mask(L) if cache is not None else ("causal" if L > 1 else None)
+            mask = "causal" if L > 1 else None
+            if cache is not None:
+                mask = cache.mask(L)
             out = attention(queries, keys, values, self.scale, mask)
 
         # merge heads: (B, H, L, head_dim) -> (B, L, H * head_dim)
@@ -100,9 +102,10 @@ class Attention(nn.Module):
 def attention(
     queries: mx.array, keys: mx.array, values: mx.array, scale: float, mask: str | mx.array | None
 ) -> mx.array:
-    """Scaled dot-product attention of queries [B, H, L, hd] over keys/values [B, n_kv, S, hd].
+    """Compute scaled dot-product attention of queries [B, H, L, hd] over keys and values
+    [B, n_kv, S, hd].
 
-    mx.fast's kernel everywhere, except for one unmasked query on the CPU backend. There the
+    This is mx.fast's kernel everywhere, except for one unmasked query on the CPU backend. There the
     fast kernel falls back to a generic path that cost about 160 us per call on a 2-core x86
     (mlx 0.32), so a decode step's grouped-query attention is written out with two matmuls.
     """
@@ -215,6 +218,12 @@ class Qwen2Model(nn.Module):
         if self.config.tie_word_embeddings:
             return self.model.embed_tokens.as_linear(h)
         return self.lm_head(h)
+
+    @property
+    def dtype(self) -> mx.Dtype:
+        """The dtype the layers compute in: that of the final norm's weight. An untied embedding
+        table may be stored narrower (see the loader)."""
+        return self.model.norm.weight.dtype
 
     def fuse_projections(self, evaluate: bool = False) -> int:
         """Fuse q/k/v and gate/up in every layer where their layouts match; return how many

@@ -57,3 +57,17 @@ def test_loader_choice_follows_backend(tiny_checkpoint):
 
     assert wants_transposed_layout(model) == on_cpu_with_gemv
     assert isinstance(model.lm_head, TransposedLinear) == on_cpu_with_gemv
+
+
+def test_transposed_layers_still_fuse(tiny_checkpoint, monkeypatch):
+    directory = tiny_checkpoint()
+    monkeypatch.setattr("qwen_edge.loader.wants_transposed_layout", lambda model: False)
+    plain = load_plain(directory, fuse=False)
+    changed = load_plain(directory, fuse=False)
+    transpose_wide_linears(changed)
+    fused = changed.fuse_projections()
+    ids = mx.array([[5, 17, 42, 99, 3, 250, 7, 8]])
+
+    assert fused == 2 * changed.config.n_layers
+    assert isinstance(changed.model.layers[0].mlp.gate_up_proj, TransposedLinear)
+    assert nmse(np.array(changed(ids)), np.array(plain(ids))) < 1e-10

@@ -4,8 +4,9 @@
  * MLX's CPU backend does every float32 matmul with cblas_sgemm, including the 1-row products of
  * a decode step (x[1, K] @ W.T). OpenBLAS 0.3.21 (Debian 12) packs W into panels for such a
  * call, so each weight is read, written and read again: about 15 GB/s on a 2-core x86 machine,
- * where cblas_sgemv streams the same weights at about 27 GB/s. Newer OpenBLAS releases make this
- * switch themselves; older ones need this file.
+ * where cblas_sgemv streams the same weights at about 27 GB/s. OpenBLAS 0.3.28 and later make
+ * this switch themselves on ARM64, RISC-V and POWER (OpenBLAS pull requests 4814 and 4831), but
+ * not on x86_64, where some gemv kernels had an accuracy bug at the time.
  *
  * qwen_edge/backend.py loads this library with RTLD_GLOBAL before OpenBLAS and before MLX, so
  * MLX's undefined cblas_sgemm resolves here, and then calls qwen_edge_gemv_bind() with the
