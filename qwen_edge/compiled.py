@@ -49,7 +49,8 @@ class BufferView:
         return self.keys[layer], self.values[layer]
 
     def mask(self, n_new: int) -> mx.array:
-        """Keep the positions written so far, the new one included: [1, 1, 1, capacity]."""
+        """Return the mask [1, 1, 1, capacity] that keeps the positions written so far, the new one
+        included."""
         capacity = self.keys[0].shape[2]
         return (mx.arange(capacity) <= self.offset).reshape(1, 1, 1, capacity)
 
@@ -87,7 +88,7 @@ class CompiledDecode:
 
 
 def default_compile_step() -> bool:
-    """Return whether decode steps run compiled when the caller does not say: on GPUs, but not
+    """Return whether decode steps run compiled when the caller passes None: on GPUs, but not
     on the CPU, where the whole-buffer masked attention made the compiled step slower (95.6 vs
     82.3 ms per step for the demo model on a 2-core x86)."""
     return mx.default_device() != mx.cpu
