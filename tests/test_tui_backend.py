@@ -129,3 +129,17 @@ def test_last_block_start_splits_after_complete_blocks():
     assert last_block_start("only one paragraph\nstill it") == 0
     fence = "```\nopen fence\n\nwith blank line"
     assert last_block_start(fence) == 0
+
+
+def test_compute_dtype_ignores_narrow_embedding(tiny_checkpoint):
+    import mlx.core as mx
+
+    from qwen_edge.config import ModelConfig
+    from qwen_edge.loader import load_model
+    from qwen_edge.tui.backend import compute_dtype
+
+    directory = tiny_checkpoint()
+    model = load_model(directory, ModelConfig.from_file(directory), dtype="float32")
+    model.model.embed_tokens.weight = model.model.embed_tokens.weight.astype(mx.bfloat16)
+
+    assert compute_dtype(model) == "float32"

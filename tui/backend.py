@@ -18,6 +18,7 @@ from typing import Protocol
 from qwen_edge import store
 from qwen_edge.errors import QwenEdgeError
 from qwen_edge.generate import GenerationStats
+from qwen_edge.model import Qwen2Model
 from qwen_edge.tokenizer import Message
 from qwen_edge.tui.history import ConversationSettings
 
@@ -112,16 +113,10 @@ def describe_quantization(config: object, computed_in: str | None = None) -> str
     return stored if computed == stored else f"{stored}, computed in {computed}"
 
 
-def compute_dtype(model: object) -> str | None:
-    """Return the dtype name ("float32"...) of the model's first floating-point parameter, the
-    one it computes in; None if it has none."""
-    from mlx.utils import tree_flatten
-
-    for _, parameter in tree_flatten(model.parameters()):
-        name = str(parameter.dtype).removeprefix("mlx.core.")
-        if name in DTYPE_NAMES:
-            return name
-    return None
+def compute_dtype(model: Qwen2Model) -> str:
+    """Return the name ("float32"...) of the dtype the model computes in. Its first parameter
+    is not a guide, because an untied embedding table may be stored narrower."""
+    return str(model.dtype).removeprefix("mlx.core.")
 
 
 class MLXThread:
