@@ -16,7 +16,6 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from qwen_edge import backend
-from qwen_edge.compiled import default_compile_step
 from qwen_edge.generate import GenerationStats, stream_generate
 from qwen_edge.model import Qwen2Model
 from qwen_edge.tokenizer import Tokenizer
@@ -149,13 +148,11 @@ def run_benchmark(
     prompt_tokens: int = 512,
     generation_tokens: int = 128,
     runs: int = 3,
-    compile_step: bool | None = None,
+    compile_step: bool = True,
 ) -> BenchResult:
     """Time `runs` generations of exactly `generation_tokens` after a `prompt_tokens` prompt
     (stop tokens are ignored) and return the medians. One short warm-up run comes first.
-    `compile_step` is passed to `stream_generate` (None: decided by backend)."""
-    if compile_step is None:
-        compile_step = default_compile_step()
+    `compile_step` is passed to `stream_generate`."""
     prompt = benchmark_prompt(tokenizer, prompt_tokens)
     no_stop = Tokenizer(tokenizer.hf, eos_token_ids=())
 

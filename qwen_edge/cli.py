@@ -450,9 +450,9 @@ def _add_bench(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--compile-step",
-        choices=["auto", "on", "off"],
-        default="auto",
-        help="run decode steps as one compiled graph (auto: on GPUs, off on the CPU)",
+        choices=["on", "off"],
+        default="on",
+        help="run decode steps as one compiled graph (default: on)",
     )
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(run=_run_bench)
@@ -474,7 +474,7 @@ def _run_bench(args: argparse.Namespace) -> int:
             f"--prompt-tokens {args.prompt_tokens} + --gen-tokens {args.gen_tokens} exceed the "
             f"model's context of {context} tokens"
         )
-    compile_step = {"auto": None, "on": True, "off": False}[args.compile_step]
+    compile_step = args.compile_step == "on"
     result = run_benchmark(
         model, tokenizer, args.prompt_tokens, args.gen_tokens, args.runs, compile_step
     )

@@ -87,13 +87,6 @@ class CompiledDecode:
         return logits, view.keys, view.values
 
 
-def default_compile_step() -> bool:
-    """Return whether decode steps run compiled when the caller passes None: on GPUs, but not
-    on the CPU, where the whole-buffer masked attention made the compiled step slower (95.6 vs
-    82.3 ms per step for the demo model on a 2-core x86)."""
-    return mx.default_device() != mx.cpu
-
-
 def compiled_decode(model: Qwen2Model) -> CompiledDecode:
     """Return the model's compiled decode step, made on first use and kept on the model so that
     later generations reuse its traced graphs."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 import mlx.core as mx
 
 from qwen_edge.cache import KVCache
-from qwen_edge.compiled import compiled_decode, default_compile_step
+from qwen_edge.compiled import compiled_decode
 from qwen_edge.errors import QwenEdgeError
 from qwen_edge.model import Qwen2Model
 from qwen_edge.sample import Sampler, SamplingSettings
@@ -80,7 +80,7 @@ def stream_generate(
     sampling: SamplingSettings | None = None,
     cache: KVCache | None = None,
     prefill_step_size: int = 512,
-    compile_step: bool | None = None,
+    compile_step: bool = True,
     **sampling_options: float | int | None,
 ) -> Iterator[GenerationEvent]:
     """Generate a reply to `prompt`, yielding one event per new token.
@@ -90,7 +90,7 @@ def stream_generate(
     repetition_penalty, repetition_context_size, seed); the default is greedy.
     `cache`: a KV cache to append to (for instance the previous turn's); a new one by default.
     `compile_step`: run decode steps as one compiled graph (see compiled.py) where the cache
-    allows it. None decides by backend: on for GPUs, off for the CPU, where it measured slower.
+    allows it; False runs them op by op.
     Generation stops at any of the tokenizer's stop ids ("stop") or after `max_tokens` ("length").
     """
     if max_tokens < 1:
@@ -118,8 +118,6 @@ def stream_generate(
             history = mx.concatenate([history, token.astype(mx.int32)])[-sampler.context_size :]
         return token
 
-    if compile_step is None:
-        compile_step = default_compile_step()
     compiled = compiled_decode(model) if compile_step else None
 
     def decode(token: mx.array) -> mx.array:

@@ -105,16 +105,19 @@ def attention(
     """Compute scaled dot-product attention of queries [B, H, L, hd] over keys and values
     [B, n_kv, S, hd].
 
-    This is mx.fast's kernel everywhere, except for one unmasked query on the CPU backend. There the
-    fast kernel falls back to a generic path that cost about 160 us per call on a 2-core x86
-    (mlx 0.32), so a decode step's grouped-query attention is written out with two matmuls.
+    This is mx.fast's kernel everywhere, except for one query (with no mask, or the compiled
+    step's mask array) on the CPU backend. There the fast kernel falls back to a generic path
+    that cost about 160 us per call on a 2-core x86 (mlx 0.32), so a decode step's grouped-query
+    attention is written out with two matmuls.
     """
     B, H, L, head_dim = queries.shape
-    if L != 1 or mask is not None or mx.default_device() != mx.cpu:
+    if L != 1 or isinstance(mask, str) or mx.default_device() != mx.cpu:
         return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=mask)
     n_kv_heads = keys.shape[1]
     grouped = (queries * scale).reshape(B, n_kv_heads, H // n_kv_heads, head_dim)
     scores = grouped @ keys.swapaxes(-1, -2)  # (B, n_kv, H / n_kv, S)
+    if mask is not None:
+        scores = mx.where(mask, scores, mx.finfo(scores.dtype).min)
     weights = mx.softmax(scores, axis=-1, precise=True)
     return (weights @ values).reshape(B, H, 1, head_dim)
 
